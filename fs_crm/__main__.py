@@ -1,0 +1,3 @@
+from fs_crm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,333 @@
+"""Operator configuration: one TOML file (plus secrets from the environment) into frozen dataclasses.
+
+Layers, lowest first: code defaults < the operator's TOML file < environment (secrets) < CLI flags.
+Every error names the file, the section and the key, so an operator can fix it without reading code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+import zoneinfo
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from fs_crm.phones import digits_of
+
+PASSWORD_ENV = "FS_CRM_FREESWITCH_PASSWORD"
+
+
+def api_key_env_name(account_name: str) -> str:
+    return "FS_CRM_ACCOUNT_%s_API_KEY" % re.sub(r"[^A-Z0-9]", "_", account_name.upper())
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names file, section and key."""
+
+    def __init__(self, path: str, section: str, key: str | None, problem: str):
+        where = "[%s]" % section if section else "top level"
+        if key:
+            where += " key %r" % key
+        super().__init__("%s: %s: %s" % (path, where, problem))
+        self.path, self.section, self.key = path, section, key
+
+
+@dataclass(frozen=True)
+class FreeswitchConfig:
+    host: str = "127.0.0.1"
+    port: int = 8021
+    password: str = field(default="ClueCon", repr=False)
+    # Every command we send waits at most this long for its reply; a silent FreeSWITCH must
+    # never freeze the listener.
+    command_timeout: float = 5.0
+    connect_timeout: float = 5.0
+    reconnect_min_delay: float = 0.5
+    reconnect_max_delay: float = 30.0
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8090
+    public_url: str = "http://127.0.0.1:8090"
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    dir: Path = Path("/var/lib/fs-crm")
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    # A call card older than this helps nobody: it is dropped with a log line instead of sent.
+    card_max_age: float = 30.0
+    connect_timeout: float = 3.05
+    event_read_timeout: float = 5.0
+    upload_read_timeout: float = 20.0
+    # retailCRM's documented budgets: about 40 requests/s on /telephony routes, 10/s elsewhere.
+    telephony_rps: float = 40.0
+    general_rps: float = 10.0
+    retry_min_delay: float = 1.0
+    retry_max_delay: float = 60.0
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    name: str
+    crm_url: str
+    api_key: str = field(repr=False)
+    client_id: str = field(repr=False)
+    code: str
+    domain: str
+    timezone: str
+    # (CRM user id, extension) pairs, in file order.
+    extensions: tuple[tuple[int, str], ...] = ()
+    # (store code, company number) pairs, in file order.
+    external_phones: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+    def user_id_of(self, extension: str) -> int | None:
+        for user_id, ext in self.extensions:
+            if ext == extension:
+                return user_id
+        return None
+
+    def has_extension(self, extension: str) -> bool:
+        return any(ext == extension for _, ext in self.extensions)
+
+    def site_of(self, number: str) -> tuple[str, str] | None:
+        """(store code, configured number) for a company number written in any common form."""
+        wanted = digits_of(number)
+        if not wanted:
+            return None
+        for site, configured in self.external_phones:
+            have = digits_of(configured)
+            if have == wanted or (len(have) >= 10 and len(wanted) >= 10 and have[-10:] == wanted[-10:]):
+                return site, configured
+        return None
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    freeswitch: FreeswitchConfig
+    http: HttpConfig
+    state: StateConfig
+    delivery: DeliveryConfig
+    accounts: tuple[AccountConfig, ...]
+    log_level: str = "INFO"
+
+    def account(self, name: str) -> AccountConfig:
+        for acc in self.accounts:
+            if acc.name == name:
+                return acc
+        raise KeyError(name)
+
+
+_SECTIONS = {"freeswitch", "http", "state", "delivery", "accounts", "logging"}
+
+
+class _Reader:
+    """Typed access to one TOML table that remembers where it is for error messages."""
+
+    def __init__(self, path: str, section: str, table: Any):
+        if not isinstance(table, dict):
+            raise ConfigError(path, section, None, "must be a table")
+        self.path, self.section, self.table = path, section, table
+        self.used: set[str] = set()
+
+    def error(self, key: str | None, problem: str) -> ConfigError:
+        return ConfigError(self.path, self.section, key, problem)
+
+    def _get(self, key: str, default: Any, kinds: tuple[type, ...], kind_name: str) -> Any:
+        self.used.add(key)
+        if key not in self.table:
+            if default is _REQUIRED:
+                raise self.error(key, "is required")
+            return default
+        value = self.table[key]
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.error(key, "must be %s, got %r" % (kind_name, value))
+        if not isinstance(value, kinds):
+            raise self.error(key, "must be %s, got %r" % (kind_name, value))
+        return value
+
+    def str(self, key: str, default: Any = None, *, non_empty: bool = True) -> str:
+        value = self._get(key, default, (str,), "a string")
+        if non_empty and isinstance(value, str) and not value.strip():
+            raise self.error(key, "must not be empty")
+        return value
+
+    def number(self, key: str, default: Any, *, minimum: float = 0.0, integer: bool = False) -> Any:
+        value = self._get(key, default, (int,) if integer else (int, float), "an integer" if integer else "a number")
+        if value < minimum:
+            raise self.error(key, "must be at least %s, got %r" % (minimum, value))
+        return value
+
+    def check_unknown(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            raise self.error(unknown[0], "unknown key (known: %s)" % ", ".join(sorted(self.used)))
+
+
+_REQUIRED = object()
+
+
+def _parse_listen(reader: _Reader, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise reader.error("listen", "must be HOST:PORT, got %r" % value)
+    return host.strip("[]"), int(port)
+
+
+def _parse_url(reader: _Reader, key: str, value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise reader.error(key, "must be an http:// or https:// URL, got %r" % value)
+    return value.rstrip("/")
+
+
+def _load_account(path: str, index: int, table: Any, env: Mapping[str, str]) -> AccountConfig:
+    r = _Reader(path, "accounts[%d]" % index, table)
+    name = r.str("name", _REQUIRED)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise r.error("name", "may hold only letters, digits, '_', '.', '-', got %r" % name)
+    r.section = "accounts %r" % name
+    crm_url = _parse_url(r, "crm_url", r.str("crm_url", _REQUIRED))
+    env_key = api_key_env_name(name)
+    api_key = env.get(env_key) or r.str("api_key", None)
+    r.used.add("api_key")
+    if not api_key:
+        raise r.error("api_key", "is required (or set %s)" % env_key)
+    client_id = r.str("client_id", _REQUIRED)
+    code = r.str("code", "fs-crm")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", code):
+        raise r.error("code", "may hold only letters, digits, '_' and '-', got %r" % code)
+    domain = r.str("domain", _REQUIRED)
+    timezone = r.str("timezone", "UTC")
+    try:
+        zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise r.error("timezone", "unknown time zone %r" % timezone) from None
+
+    r.used.add("extensions")
+    ext_table = r.table.get("extensions", {})
+    if not isinstance(ext_table, dict):
+        raise r.error("extensions", "must be a table of \"CRM user id\" = \"extension\"")
+    extensions: list[tuple[int, str]] = []
+    seen_ext: set[str] = set()
+    for user_id, ext in ext_table.items():
+        key = "extensions.%s" % user_id
+        if not str(user_id).isdigit():
+            raise r.error(key, "CRM user id must be a positive integer")
+        if isinstance(ext, int) and not isinstance(ext, bool):
+            ext = str(ext)
+        if not isinstance(ext, str) or not re.fullmatch(r"[0-9A-Za-z_.-]{1,32}", ext):
+            raise r.error(key, "extension must be a short string of digits or letters, got %r" % (ext,))
+        if ext in seen_ext:
+            raise r.error(key, "extension %r is given to two users" % ext)
+        seen_ext.add(ext)
+        extensions.append((int(user_id), ext))
+
+    r.used.add("external_phones")
+    phone_table = r.table.get("external_phones", {})
+    if not isinstance(phone_table, dict):
+        raise r.error("external_phones", "must be a table of store code = \"company number\"")
+    external_phones: list[tuple[str, str]] = []
+    for site, number in phone_table.items():
+        key = "external_phones.%s" % site
+        if not isinstance(number, str) or not re.fullmatch(r"\+?[0-9]{3,20}", number.strip()):
+            raise r.error(key, "must be a phone number of 3-20 digits with an optional leading +, got %r" % (number,))
+        external_phones.append((site, number.strip()))
+    r.check_unknown()
+    return AccountConfig(
+        name=name, crm_url=crm_url, api_key=api_key, client_id=client_id, code=code, domain=domain,
+        timezone=timezone, extensions=tuple(extensions), external_phones=tuple(external_phones),
+    )
+
+
+def parse_config(path: str, data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
+    env = os.environ if env is None else env
+    unknown = sorted(set(data) - _SECTIONS)
+    if unknown:
+        raise ConfigError(path, unknown[0], None, "unknown section (known: %s)" % ", ".join(sorted(_SECTIONS)))
+
+    r = _Reader(path, "freeswitch", data.get("freeswitch", {}))
+    d = FreeswitchConfig()
+    password = env.get(PASSWORD_ENV) or r.str("password", d.password)
+    freeswitch = FreeswitchConfig(
+        host=r.str("host", d.host),
+        port=r.number("port", d.port, minimum=1, integer=True),
+        password=password,
+        command_timeout=r.number("command_timeout", d.command_timeout, minimum=0.1),
+        connect_timeout=r.number("connect_timeout", d.connect_timeout, minimum=0.1),
+        reconnect_min_delay=r.number("reconnect_min_delay", d.reconnect_min_delay, minimum=0.01),
+        reconnect_max_delay=r.number("reconnect_max_delay", d.reconnect_max_delay, minimum=0.01),
+    )
+    r.check_unknown()
+
+    r = _Reader(path, "http", data.get("http", {}))
+    d_http = HttpConfig()
+    listen = r.str("listen", "%s:%d" % (d_http.listen_host, d_http.listen_port))
+    host, port = _parse_listen(r, listen)
+    http = HttpConfig(listen_host=host, listen_port=port,
+                      public_url=_parse_url(r, "public_url", r.str("public_url", d_http.public_url)))
+    r.check_unknown()
+
+    r = _Reader(path, "state", data.get("state", {}))
+    state = StateConfig(dir=Path(r.str("dir", str(StateConfig.dir))))
+    r.check_unknown()
+
+    r = _Reader(path, "delivery", data.get("delivery", {}))
+    dd = DeliveryConfig()
+    delivery = DeliveryConfig(**{
+        f: r.number(f, getattr(dd, f), minimum=0.001) for f in DeliveryConfig.__dataclass_fields__
+    })
+    r.check_unknown()
+
+    r = _Reader(path, "logging", data.get("logging", {}))
+    level = r.str("level", "INFO").upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise r.error("level", "must be one of DEBUG, INFO, WARNING, ERROR, got %r" % level)
+    r.check_unknown()
+
+    raw_accounts = data.get("accounts")
+    if not raw_accounts:
+        raise ConfigError(path, "accounts", None, "at least one [[accounts]] table is required")
+    if not isinstance(raw_accounts, list):
+        raise ConfigError(path, "accounts", None, "must be written as [[accounts]] tables")
+    accounts = tuple(_load_account(path, i, t, env) for i, t in enumerate(raw_accounts))
+    names = [a.name for a in accounts]
+    for a in accounts:
+        if names.count(a.name) > 1:
+            raise ConfigError(path, "accounts %r" % a.name, "name", "two accounts share this name")
+    client_ids = [a.client_id for a in accounts]
+    for a in accounts:
+        if client_ids.count(a.client_id) > 1:
+            raise ConfigError(path, "accounts %r" % a.name, "client_id", "two accounts share one client_id")
+    if len(accounts) > 1:
+        domains = [a.domain for a in accounts]
+        for a in accounts:
+            if domains.count(a.domain) > 1:
+                raise ConfigError(path, "accounts %r" % a.name, "domain",
+                                  "two accounts share domain %r; calls could not be told apart" % a.domain)
+    return Config(path=path, freeswitch=freeswitch, http=http, state=state, delivery=delivery,
+                  accounts=accounts, log_level=level)
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    path = str(path)
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(path, "", None, "file not found") from None
+    except OSError as exc:
+        raise ConfigError(path, "", None, "cannot read: %s" % exc.strerror) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "", None, "not valid TOML: %s" % exc) from None
+    return parse_config(path, data, env)

@@ -1,0 +1,81 @@
+"""Typed retailCRM telephony payloads with their exact wire form (pure).
+
+`to_api()` writes retailCRM's camelCase keys, leaves out fields we do not know instead of sending
+nulls, and always writes booleans explicitly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fs_crm import vocab
+
+
+@dataclass(frozen=True)
+class CallEvent:
+    """One `POST /api/v5/telephony/call/event` (a call card or its end)."""
+
+    account: str
+    type: str  # in | out | hangup
+    phone: str
+    codes: tuple[str, ...]
+    call_id: str  # callExternalId: the same id the history record carries
+    # Event-Date-Timestamp of the FreeSWITCH event that caused it, seconds since the epoch; the
+    # sender drops cards older than the configured age.
+    created_at: float
+    external_phone: str | None = None
+    site: str | None = None
+    hangup_status: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in vocab.EVENT_TYPES:
+            raise ValueError("unknown call event type %r" % self.type)
+        if self.hangup_status is not None and self.hangup_status not in vocab.HANGUP_STATUSES:
+            raise ValueError("unknown hangupStatus %r" % self.hangup_status)
+
+    def to_api(self) -> dict:
+        out: dict = {"phone": self.phone, "type": self.type, "codes": list(self.codes),
+                     "callExternalId": self.call_id}
+        if self.external_phone:
+            out["externalPhone"] = self.external_phone
+        if self.site:
+            out["site"] = self.site
+        if self.type == vocab.EVENT_HANGUP and self.hangup_status:
+            out["hangupStatus"] = self.hangup_status
+        return out
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One finished external call for `POST /api/v5/telephony/calls/upload`."""
+
+    account: str
+    external_id: str
+    date: str  # "Y-m-d H:i:s" in the account's time zone
+    type: str  # in | out
+    phone: str
+    result: str
+    duration: int  # talk time, seconds
+    duration_waiting: int
+    code: str | None = None
+    user_id: int | None = None
+    external_phone: str | None = None
+    site: str | None = None
+    record_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in vocab.UPLOAD_TYPES:
+            raise ValueError("unknown call type %r" % self.type)
+        if self.result not in vocab.UPLOAD_RESULTS:
+            raise ValueError("unknown call result %r" % self.result)
+
+    def to_api(self) -> dict:
+        out: dict = {
+            "date": self.date, "type": self.type, "phone": self.phone, "result": self.result,
+            "duration": self.duration, "durationWaiting": self.duration_waiting,
+            "externalId": self.external_id,
+        }
+        optional = {"code": self.code, "userId": self.user_id, "externalPhone": self.external_phone,
+                    "site": self.site, "recordUrl": self.record_url}
+        out.update({k: v for k, v in optional.items() if v is not None and v != ""})
+        return out
