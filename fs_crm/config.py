@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from fs_crm.phones import digits_of
+from fs_crm.phones import clean_phone, digits_of
 
 PASSWORD_ENV = "FS_CRM_FREESWITCH_PASSWORD"
 
@@ -240,9 +240,10 @@ def _load_account(path: str, index: int, table: Any, env: Mapping[str, str]) -> 
     external_phones: list[tuple[str, str]] = []
     for site, number in phone_table.items():
         key = "external_phones.%s" % site
-        if not isinstance(number, str) or not re.fullmatch(r"\+?[0-9]{3,20}", number.strip()):
+        cleaned = clean_phone(number) if isinstance(number, str) else ""
+        if not re.fullmatch(r"\+?[0-9]{3,20}", cleaned):
             raise r.error(key, "must be a phone number of 3-20 digits with an optional leading +, got %r" % (number,))
-        external_phones.append((site, number.strip()))
+        external_phones.append((site, cleaned))
     r.check_unknown()
     return AccountConfig(
         name=name, crm_url=crm_url, api_key=api_key, client_id=client_id, code=code, domain=domain,

@@ -1,0 +1,310 @@
+"""The retailCRM HTTP boundary: the only importer of requests.
+
+Every answer, and every way a request can fail, becomes either a result dataclass or one of two
+domain errors: `CrmUnavailable` (try again later) or `CrmRejected` (retrying the same request
+cannot help). Nothing from requests leaks out, and the API key never reaches a log line or an
+exception message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import gevent
+import requests
+
+from fs_crm import vocab
+from fs_crm.config import AccountConfig, DeliveryConfig
+
+logger = logging.getLogger(__name__)
+
+TELEPHONY = "telephony"
+GENERAL = "general"
+
+EVENT_PATH = "/api/v5/telephony/call/event"
+UPLOAD_PATH = "/api/v5/telephony/calls/upload"
+MANAGER_PATH = "/api/v5/telephony/manager"
+CREDENTIALS_PATH = "/api/credentials"  # unversioned, unlike every other method
+
+# A proxy in front of a sick CRM answers with a long HTML page; a title or a short excerpt is enough.
+_SNIPPET = 200
+
+
+class CrmError(Exception):
+    """A request to one account's CRM did not succeed."""
+
+    def __init__(self, account: str, error_msg: str, status: int | None = None,
+                 errors: dict | list | None = None, path: str | None = None):
+        self.account, self.error_msg, self.status = account, error_msg, status
+        self.errors, self.path = errors, path
+        where = "%s %s" % (account, path) if path else account
+        text = "%s: %s" % (where, error_msg) if status is None else "%s: HTTP %s: %s" % (where, status, error_msg)
+        if errors:
+            text += " %s" % json.dumps(errors, ensure_ascii=False, default=str)[:500]
+        super().__init__(text)
+
+
+class CrmUnavailable(CrmError):
+    """Retryable: timeout, connection failure, 5xx, rate limited (503/429), unreadable answer."""
+
+
+class CrmRejected(CrmError):
+    """Final: the CRM refused this request (validation, key, rights, unknown account)."""
+
+
+@dataclass(frozen=True)
+class EventResult:
+    not_exist_codes: tuple[str, ...]
+    not_exist_users: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    processed: int
+    duplicates: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Credentials:
+    scopes: tuple[str, ...]
+    credentials: tuple[str, ...]
+    site_access: str | None
+    sites_available: tuple[str, ...]
+
+
+class _Window:
+    """A bucket of `size` tokens where each spent token comes back exactly `window` seconds later.
+
+    A classic continuously refilling bucket lets 2x the budget through across the edge of a
+    1-second window, which retailCRM answers with 503; returning each token one window after it
+    was spent means no window ever sees more than `size` requests.
+    """
+
+    def __init__(self, rps: float):
+        if rps <= 0:
+            raise ValueError("rate must be positive, got %r" % rps)
+        self.size = max(1, int(rps))
+        # Requests we send one window apart can still arrive closer together (network jitter),
+        # so each token returns a little late.
+        self.window = self.size / rps + 0.05
+        # Tokens only urgent callers may take; never all of them, or background work would stall.
+        self.reserve = min(max(1, round(self.size * 0.2)), self.size - 1)
+        self.spent: list[float] = []  # times tokens were taken, oldest first
+        self.urgent_waiting = 0
+
+    def free(self, now: float) -> int:
+        while self.spent and self.spent[0] + self.window <= now:
+            self.spent.pop(0)
+        return self.size - len(self.spent)
+
+
+class RateLimiter:
+    """Token buckets shared by every client that uses one API key.
+
+    `telephony` (for /api/v5/telephony/*) and `general` (everything else) follow retailCRM's two
+    budgets. Urgent callers (call cards, routing) are never queued behind background uploads:
+    non-urgent callers only take a token while more than a reserve remains and nobody urgent
+    is waiting. Waiting happens in `sleep`, which is gevent's once the process is patched.
+    """
+
+    def __init__(self, telephony_rps: float, general_rps: float,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+        self._buckets = {TELEPHONY: _Window(telephony_rps), GENERAL: _Window(general_rps)}
+        self._clock, self._sleep = clock, sleep
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def route_of(path_or_name: str) -> str:
+        """`telephony`/`general`, given a bucket name or an API path."""
+        if path_or_name in (TELEPHONY, GENERAL):
+            return path_or_name
+        return TELEPHONY if path_or_name.startswith("/api/v5/telephony/") else GENERAL
+
+    def acquire(self, route: str, urgent: bool) -> None:
+        bucket = self._buckets[self.route_of(route)]
+        with self._lock:
+            bucket.urgent_waiting += urgent
+        try:
+            while True:
+                with self._lock:
+                    now = self._clock()
+                    free = bucket.free(now)
+                    if free > (0 if urgent else bucket.reserve) and (urgent or not bucket.urgent_waiting):
+                        bucket.spent.append(now)
+                        return
+                    # The oldest token is the next to come back; 1 ms floor so a waiter blocked
+                    # only by an urgent caller yields instead of spinning.
+                    wait = bucket.spent[0] + bucket.window - now if bucket.spent else 0.0
+                self._sleep(max(wait, 0.001))
+        finally:
+            with self._lock:
+                bucket.urgent_waiting -= urgent
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    """A list of scalars as strings; anything else (missing, null, an object) as nothing."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(str(v) for v in value if isinstance(v, (str, int)) and not isinstance(v, bool))
+
+
+def _html_summary(text: str) -> str:
+    match = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+    summary = match.group(1) if match else re.sub(r"<[^>]+>", " ", text)
+    return " ".join(summary.split())[:_SNIPPET]
+
+
+class CrmClient:
+    """retailCRM's API for one account: one HTTP session, one shared rate limiter."""
+
+    def __init__(self, account: AccountConfig, delivery: DeliveryConfig, limiter: RateLimiter | None = None):
+        self.account = account
+        self._delivery = delivery
+        self._limiter = limiter or RateLimiter(delivery.telephony_rps, delivery.general_rps)
+        self._session = requests.Session()
+        self._session.verify = True
+        # The header, never the apiKey parameter: query strings end up in proxy and access logs.
+        self._session.headers.update({"X-API-KEY": account.api_key, "Accept": "application/json",
+                                      "User-Agent": "fs-crm"})
+
+    # --- public methods ------------------------------------------------------------------------
+
+    def send_event(self, event: dict) -> EventResult:
+        data = self._request("POST", EVENT_PATH, urgent=True, read_timeout=self._delivery.event_read_timeout,
+                             form={"event": _dumps(event)})
+        result = EventResult(_strings(data.get("notExistCodes")), _strings(data.get("notExistUsers")))
+        call_id = event.get("callExternalId")
+        if result.not_exist_codes:
+            logger.warning("%s: call %s: the CRM knows no user with extension(s) %s; check the extension map",
+                           self.account.name, call_id, ", ".join(result.not_exist_codes))
+        if result.not_exist_users:
+            logger.warning("%s: call %s: the CRM knows no user id(s) %s; check the extension map",
+                           self.account.name, call_id, ", ".join(result.not_exist_users))
+        return result
+
+    def upload_calls(self, calls: list[dict]) -> UploadResult:
+        if not calls or len(calls) > vocab.MAX_CALLS_PER_UPLOAD:
+            raise ValueError("an upload holds 1 to %d calls, got %d" % (vocab.MAX_CALLS_PER_UPLOAD, len(calls)))
+        data = self._request("POST", UPLOAD_PATH, urgent=False, read_timeout=self._delivery.upload_read_timeout,
+                             form={"calls": _dumps(calls)})
+        processed = data.get("processedCallsCount")
+        return UploadResult(processed if isinstance(processed, int) and not isinstance(processed, bool) else 0,
+                            self._duplicates(data.get("duplicateCalls")))
+
+    def credentials(self) -> Credentials:
+        data = self._request("GET", CREDENTIALS_PATH, urgent=False, read_timeout=self._delivery.event_read_timeout)
+        site_access = data.get("siteAccess")
+        return Credentials(scopes=_strings(data.get("scopes")), credentials=_strings(data.get("credentials")),
+                           site_access=site_access if isinstance(site_access, str) else None,
+                           sites_available=_strings(data.get("sitesAvailable")))
+
+    def responsible_manager(self, phone: str, timeout: float) -> dict | None:
+        """The free manager responsible for this customer, or None; raises CrmError like the rest.
+
+        `timeout` bounds the whole call, waiting for the rate limiter included: a ringing caller
+        cannot wait for a slow CRM (requests' own timeouts only bound each socket operation).
+        """
+        deadline = gevent.Timeout(timeout)
+        deadline.start()
+        try:
+            data = self._request("GET", MANAGER_PATH, urgent=True, read_timeout=timeout,
+                                 params={"phone": phone, "details": "1"})
+        except gevent.Timeout as exc:
+            if exc is not deadline:
+                raise
+            raise CrmUnavailable(self.account.name, "no answer within %.1f s" % timeout, path=MANAGER_PATH) from None
+        finally:
+            deadline.close()
+        manager = data.get("manager")
+        return manager if isinstance(manager, dict) and manager else None
+
+    def close(self) -> None:
+        self._session.close()
+
+    # --- transport -----------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, *, urgent: bool, read_timeout: float,
+                 form: dict | None = None, params: dict | None = None) -> dict:
+        self._limiter.acquire(path, urgent)
+        name = self.account.name
+        started = time.monotonic()
+        try:
+            # No redirects: requests would carry X-API-KEY to wherever a redirect points, and a
+            # POST turned into a GET by a redirect would be silently lost.
+            resp = self._session.request(method, self.account.crm_url + path, data=form, params=params,
+                                         timeout=(min(self._delivery.connect_timeout, read_timeout), read_timeout),
+                                         allow_redirects=False)
+            body = resp.content.decode("utf-8", errors="replace")
+        except requests.Timeout as exc:
+            raise CrmUnavailable(name, "%s after %.1f s" % (type(exc).__name__, time.monotonic() - started),
+                                 path=path) from None
+        except requests.RequestException as exc:
+            # from None: the requests exception holds the prepared request, API key header included.
+            raise CrmUnavailable(name, "%s: %s" % (type(exc).__name__, self._scrub(str(exc))[:_SNIPPET]),
+                                 path=path) from None
+        logger.debug("%s: %s %s -> HTTP %s in %.0f ms", name, method, path, resp.status_code,
+                     (time.monotonic() - started) * 1000)
+        return self._parse(path, resp.status_code, resp.headers.get("Content-Type", ""), body,
+                           resp.headers.get("Location"))
+
+    def _parse(self, path: str, status: int, content_type: str, body: str, location: str | None) -> dict:
+        name = self.account.name
+
+        def fail(cls: type[CrmError], msg: str, errors: dict | list | None = None) -> CrmError:
+            logger.debug("%s: %s answered HTTP %s: %s", name, path, status, self._scrub(body[:_SNIPPET]))
+            return cls(name, self._scrub(msg), status, errors, path)
+
+        if 300 <= status < 400:
+            raise fail(CrmRejected, "unexpected redirect to %s; is crm_url right (https, no path)?"
+                       % (location or "an unnamed location"))
+        retryable = status >= 500 or status in (408, 429)
+        text = body.strip()
+        if text.startswith("<") or "text/html" in content_type.lower():
+            if retryable:
+                raise fail(CrmUnavailable, "HTML page instead of JSON (%s)" % _html_summary(text))
+            # What retailCRM answers for an account that does not exist (GO and PHP clients agree).
+            raise fail(CrmRejected, "HTML page instead of JSON (%s): the account does not exist or crm_url "
+                                    "is not a retailCRM address" % _html_summary(text))
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            # A 2xx we cannot read may or may not have been applied; resending is safe because
+            # uploads deduplicate by externalId, so it counts as retryable.
+            cls = CrmRejected if 400 <= status < 500 and not retryable else CrmUnavailable
+            raise fail(cls, "unreadable answer: %r" % text[:_SNIPPET] if text else "empty answer")
+        error_msg = data.get("errorMsg") if isinstance(data.get("errorMsg"), str) else None
+        errors = data.get("errors") if isinstance(data.get("errors"), (dict, list)) else None
+        if retryable:
+            raise fail(CrmUnavailable, error_msg or ("rate limited" if status in (429, 503) else "server error"),
+                       errors)
+        if status >= 400 or data.get("success") is False:
+            raise fail(CrmRejected, error_msg or "request refused", errors)
+        return data
+
+    def _duplicates(self, value: Any) -> tuple[str, ...]:
+        """duplicateCalls as externalIds: documented as a list, its items' shape is not."""
+        if value is None or value == []:
+            return ()
+        if isinstance(value, list):
+            ids = [v if isinstance(v, str) else v.get("externalId") if isinstance(v, dict) else None for v in value]
+            if all(isinstance(i, str) and i for i in ids):
+                return tuple(ids)  # type: ignore[arg-type]
+        logger.warning("%s: cannot read duplicateCalls %s; treating the batch as having no duplicates",
+                       self.account.name, _dumps(value)[:_SNIPPET])
+        return ()
+
+    def _scrub(self, text: str) -> str:
+        key = self.account.api_key
+        return text.replace(key, "***") if key else text

@@ -1,0 +1,247 @@
+"""ESL wire parsing (pure): bytes from the socket in, frames and events out. No I/O, no clock.
+
+Why not greenswitch's parser: it URL-decodes a whole event before splitting lines (an encoded
+newline in a caller name then forges headers), glues an event's body onto its inner
+Content-Length header, and reads each line through a file object, which is slow. Here a frame is
+split first, each value is decoded on its own and only when somebody reads it, duplicate headers
+are kept, and the inner body is separated.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Iterator
+from urllib.parse import unquote
+
+from fs_crm import vocab
+
+# A frame header block longer than this is not FreeSWITCH talking: resynchronising is impossible,
+# so the caller drops the connection instead of buffering forever.
+MAX_HEADER_BYTES = 64 * 1024
+# FreeSWITCH events with full channel variables are ~8 KB; XML CDR bodies can reach a few hundred KB.
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+class FrameError(Exception):
+    """The byte stream cannot be framed any more (bad Content-Length, runaway header block)."""
+
+
+class EventParseError(Exception):
+    """One event body is unusable; the stream itself is still in sync."""
+
+
+class Frame:
+    """One outer ESL message: framing headers (never URL-encoded) and the raw body bytes."""
+
+    __slots__ = ("headers", "body")
+
+    def __init__(self, headers: dict[str, str], body: bytes):
+        self.headers = headers
+        self.body = body
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", "")
+
+    def __repr__(self) -> str:
+        return "Frame(%r, %d body bytes)" % (self.headers, len(self.body))
+
+
+class FrameReader:
+    """Incremental framer: feed it whatever recv() returned, get back complete frames."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._pending_headers: dict[str, str] | None = None
+        self._pending_length = 0
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Frame]:
+        self._buf += data
+        frames: list[Frame] = []
+        buf = self._buf
+        pos = 0
+        while True:
+            if self._pending_headers is None:
+                end = buf.find(b"\n\n", pos)
+                if end < 0:
+                    if len(buf) - pos > MAX_HEADER_BYTES:
+                        raise FrameError("no end of frame headers after %d bytes" % (len(buf) - pos))
+                    break
+                if end == pos:  # stray blank line between frames: FreeSWITCH never sends one, skip it
+                    pos += 1
+                    continue
+                headers = _parse_outer_headers(bytes(buf[pos:end]))
+                pos = end + 2
+                length_text = headers.get("Content-Length")
+                if length_text is None:
+                    frames.append(Frame(headers, b""))
+                    continue
+                if not length_text.isdigit() or int(length_text) > MAX_BODY_BYTES:
+                    raise FrameError("bad Content-Length %r in frame %r" % (length_text, headers))
+                self._pending_headers, self._pending_length = headers, int(length_text)
+            if len(buf) - pos < self._pending_length:
+                break
+            body = bytes(buf[pos:pos + self._pending_length])
+            pos += self._pending_length
+            frames.append(Frame(self._pending_headers, body))
+            self._pending_headers = None
+        if pos:
+            del buf[:pos]
+        return frames
+
+
+def _parse_outer_headers(block: bytes) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for line in block.decode("utf-8", "replace").split("\n"):
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise FrameError("frame header line without a colon: %r" % line[:200])
+        headers.setdefault(name.strip(), value.strip())
+    return headers
+
+
+class Event:
+    """A FreeSWITCH event. Values are URL-decoded lazily, one value at a time, on first access."""
+
+    __slots__ = ("_raw", "_decoded", "_multi", "body")
+
+    def __init__(self, raw: dict[str, str], multi: dict[str, list[str]] | None = None,
+                 body: str | None = None, decoded: bool = False):
+        self._raw = raw
+        self._decoded: dict[str, str] = raw if decoded else {}
+        self._multi = multi
+        self.body = body
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        try:
+            return self._decoded[name]
+        except KeyError:
+            pass
+        raw = self._raw.get(name)
+        if raw is None:
+            return default
+        value = unquote(raw) if "%" in raw else raw
+        self._decoded[name] = value
+        return value
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._raw
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of a header that may repeat (Hangup-Cause does in some FreeSWITCH versions)."""
+        if self._multi and name in self._multi:
+            values = self._multi[name]
+            return list(values) if self._decoded is self._raw else [unquote(v) for v in values]
+        value = self.get(name)
+        return [] if value is None else [value]
+
+    def names(self) -> list[str]:
+        return list(self._raw)
+
+    @property
+    def name(self) -> str:
+        """Event-Name, or the subclass for CUSTOM events (what a subscription names)."""
+        name = self.get(vocab.H_EVENT_NAME) or ""
+        if name == "CUSTOM":
+            return self.get(vocab.H_EVENT_SUBCLASS) or name
+        return name
+
+    def int(self, name: str, default: int = 0) -> int:
+        value = self.get(name)
+        if value is None:
+            return default
+        try:
+            return int(value)
+        except ValueError:
+            return default
+
+    def __repr__(self) -> str:
+        return "Event(%s %s)" % (self.name, self.get(vocab.H_UNIQUE_ID) or "")
+
+
+def parse_event_plain(data: bytes) -> Event:
+    """The body of a `text/event-plain` frame: `Name: url-encoded-value` lines, optional inner body."""
+    split = data.find(b"\n\n")
+    head = data if split < 0 else data[:split]
+    text = head.decode("utf-8", "replace")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    raw: dict[str, str]
+    multi: dict[str, list[str]] | None = None
+    try:
+        # The fast path: C-level splitting; a duplicate header or a line without ': ' falls through.
+        raw = dict(line.split(": ", 1) for line in lines)  # type: ignore[misc]
+        if len(raw) != len(lines):
+            raise ValueError
+    except ValueError:
+        raw, multi = _parse_lines_slowly(lines)
+    if vocab.H_EVENT_NAME not in raw:
+        raise EventParseError("event without Event-Name (first line %r)" % (lines[0][:120] if lines else ""))
+    body = None
+    inner_length = raw.get("Content-Length")
+    if inner_length is not None and split >= 0:
+        if not inner_length.isdigit():
+            raise EventParseError("event %s has a bad inner Content-Length %r" % (raw[vocab.H_EVENT_NAME], inner_length))
+        body = data[split + 2: split + 2 + int(inner_length)].decode("utf-8", "replace")
+    return Event(raw, multi, body)
+
+
+def _parse_lines_slowly(lines: list[str]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    raw: dict[str, str] = {}
+    multi: dict[str, list[str]] = {}
+    for line in lines:
+        name, sep, value = line.partition(": ")
+        if not sep:
+            # "Name:" with an empty value is legal; anything else is noise we keep out of the headers.
+            if line.endswith(":"):
+                name, value = line[:-1], ""
+            else:
+                continue
+        if name in raw:
+            multi.setdefault(name, [raw[name]]).append(value)
+        else:
+            raw[name] = value
+    return raw, multi
+
+
+def parse_event_json(data: bytes) -> Event:
+    """The body of a `text/event-json` frame; values are already decoded, repeats are arrays."""
+    try:
+        obj = json.loads(data)
+    except ValueError as exc:
+        raise EventParseError("event JSON does not parse: %s" % exc) from None
+    if not isinstance(obj, dict) or vocab.H_EVENT_NAME not in obj:
+        raise EventParseError("event JSON without Event-Name")
+    body = obj.pop("_body", None)
+    flat: dict[str, str] = {}
+    multi: dict[str, list[str]] = {}
+    for key, value in obj.items():
+        if isinstance(value, list):
+            values = [str(v) for v in value]
+            flat[key] = values[0] if values else ""
+            multi[key] = values
+        else:
+            flat[key] = str(value)
+    return Event(flat, multi or None, body if isinstance(body, str) else None, decoded=True)
+
+
+def parse_event(frame: Frame) -> Event:
+    if frame.content_type == vocab.EVENT_JSON:
+        return parse_event_json(frame.body)
+    return parse_event_plain(frame.body)
+
+
+def iter_frames(data: bytes) -> Iterator[Frame]:
+    """Every complete frame of a recorded stream (tests, tools)."""
+    yield from FrameReader().feed(data)

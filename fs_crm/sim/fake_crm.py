@@ -1,0 +1,412 @@
+"""A fake retailCRM over real HTTP on 127.0.0.1 (tests and `make demo`): validates like the real one, records, fails on command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+from urllib.parse import parse_qsl
+
+import bottle
+import gevent
+import gevent.event
+from gevent.pywsgi import WSGIHandler, WSGIServer
+
+from fs_crm import vocab
+
+logger = logging.getLogger(__name__)
+
+ALL_SCOPES = ("telephony_read", "telephony_write", "user_read", "user_write", "integration_read",
+              "integration_write")
+MODES = ("ok", "down", "html", "unavailable", "rate_limited", "stall")
+TELEPHONY_LIMIT, GENERAL_LIMIT = 40, 10  # requests per any 1 s window, when enforced
+
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
+_EVENT_FIELDS = {"phone", "type", "codes", "userIds", "site", "hangupStatus", "externalPhone", "callExternalId",
+                 "webAnalyticsData"}
+_CALL_FIELDS = {"date", "type", "phone", "code", "userId", "result", "duration", "durationWaiting", "externalId",
+                "recordUrl", "source", "externalPhone", "site", "clientId"}
+# nginx's limit_req answers 503 with its stock page; what retailCRM's own limiter sends is unverified.
+_NGINX_503 = ("<html>\r\n<head><title>503 Service Temporarily Unavailable</title></head>\r\n<body>\r\n"
+              "<center><h1>503 Service Temporarily Unavailable</h1></center>\r\n<hr><center>nginx</center>\r\n"
+              "</body>\r\n</html>\r\n")
+_HTML_502 = ("<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
+             "<body><h1>502 Bad Gateway</h1></body></html>")
+
+
+class _NoDelayHandler(WSGIHandler):
+    def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None):
+        # gevent sends the status line and the body in two writes; with Nagle's algorithm and
+        # delayed ACKs every answer on a kept-alive connection would then take ~40 ms.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().__init__(sock, address, server, rfile)
+
+
+class _Headers(dict):
+    """Request headers with case-insensitive lookup (stored lower-case)."""
+
+    def __getitem__(self, key: str) -> str:
+        return super().__getitem__(key.lower())
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return super().get(key.lower(), default)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and super().__contains__(key.lower())
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: _Headers
+    form: dict[str, str]
+    query: dict[str, str]
+    received_at: float  # time.monotonic()
+    status: int | None = None  # None while the answer is still being prepared (e.g. stalling)
+    body: bytes = b""
+
+
+@dataclass
+class _Answer:
+    status: int
+    body: str
+    content_type: str = "application/json"
+
+
+def _json(status: int, payload: dict) -> _Answer:
+    return _Answer(status, json.dumps(payload, ensure_ascii=False))
+
+
+def _error(status: int, msg: str, errors: dict | None = None) -> _Answer:
+    payload: dict[str, Any] = {"success": False, "errorMsg": msg}
+    if errors:
+        payload["errors"] = errors
+    return _json(status, payload)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass
+class _Failure:
+    status: int
+    body: str | None
+    content_type: str
+
+
+class FakeCrm:
+    """One fake CRM serving any number of accounts (one per API key)."""
+
+    def __init__(self, api_keys: Mapping[str, str] | None = None, known_codes: set[str] | None = None,
+                 known_sites: set[str] | None = None, scopes: Iterable[str] = ALL_SCOPES,
+                 enforce_rate_limit: bool = False):
+        self.api_keys = dict(api_keys if api_keys is not None else {"test-key": "shop"})
+        self.known_codes, self.known_sites = known_codes, known_sites
+        self.scopes = tuple(scopes)
+        self.enforce_rate_limit = enforce_rate_limit
+        self.requests: list[Received] = []
+        self.events: list[dict] = []
+        self.calls: list[dict] = []
+        self.uploads: list[list[dict]] = []
+        self.stall_seconds = 5.0
+        self.reject_external_ids: set[str] = set()
+        self.managers: dict[str, dict] = {}
+        self.manager_delay = 0.0
+        self._mode, self._mode_status = "ok", None
+        self._unstall = gevent.event.Event()  # set to release requests stalling right now
+        self._failures: list[_Failure] = []
+        self._accepted_ids: dict[str, set[str]] = {}  # account -> externalIds accepted so far
+        self._arrivals: dict[str, list[float]] = {"telephony": [], "general": []}
+        self._lock = threading.Lock()
+        self._server: WSGIServer | None = None
+        self.app = self._build_app()
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> FakeCrm:
+        self._server = WSGIServer(("127.0.0.1", 0), self.app, log=None, handler_class=_NoDelayHandler)
+        self._server.start()
+        logger.info("fake retailCRM listening on %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        self._release_stalled()
+        if self._server is not None:
+            self._server.stop(timeout=1)
+
+    def __enter__(self) -> FakeCrm:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "start() first"
+        return self._server.server_port
+
+    @property
+    def url(self) -> str:
+        return "http://127.0.0.1:%d" % self.port
+
+    # --- fault injection -----------------------------------------------------------------------
+
+    def set_mode(self, mode: str, status: int | None = None) -> None:
+        """ok | down | html | unavailable | rate_limited | stall; `status` overrides html's 502 (e.g. 200)."""
+        if mode not in MODES:
+            raise ValueError("unknown mode %r (known: %s)" % (mode, ", ".join(MODES)))
+        self._mode, self._mode_status = mode, status
+        self._release_stalled()
+
+    def _release_stalled(self) -> None:
+        self._unstall.set()
+        self._unstall = gevent.event.Event()
+
+    def fail_next(self, n: int, status: int = 500, body: str | None = None,
+                  content_type: str = "application/json") -> None:
+        """The next n requests on telephony routes get this answer instead of being processed."""
+        with self._lock:
+            self._failures.extend(_Failure(status, body, content_type) for _ in range(n))
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() >= deadline:
+                return False
+            gevent.sleep(0.01)
+        return True
+
+    # --- HTTP ----------------------------------------------------------------------------------
+
+    def _build_app(self) -> bottle.Bottle:
+        app = bottle.Bottle()
+        routes = [
+            ("POST", "/api/v5/telephony/call/event", self._call_event),
+            ("POST", "/api/v5/telephony/calls/upload", self._calls_upload),
+            ("GET", "/api/v5/telephony/manager", self._manager),
+            ("GET", "/api/credentials", self._credentials),
+        ]
+        for method, path, handler in routes:
+            app.route(path, method, self._serving(handler))
+        not_found = self._serving(lambda account, received: _error(404, "Not found"))
+        app.route("/<path:path>", ["GET", "POST", "PUT", "PATCH", "DELETE"], not_found)
+        app.route("/", ["GET", "POST", "PUT", "PATCH", "DELETE"], not_found)
+        return app
+
+    def _serving(self, handler: Callable[[str, Received], _Answer]) -> Callable[..., str]:
+        def route(**_kwargs: Any) -> str:
+            request = bottle.request
+            raw = request.body.read()
+            headers = _Headers((k.lower(), v) for k, v in request.headers.items())
+            # retailCRM reads POST parameters from a form body only; a JSON body looks empty to it.
+            form_encoded = headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded")
+            received = Received(
+                method=request.method, path=request.path, headers=headers,
+                form=dict(parse_qsl(raw.decode("utf-8", errors="replace"), keep_blank_values=True))
+                if form_encoded else {},
+                query=dict(parse_qsl(request.query_string, keep_blank_values=True)),
+                received_at=time.monotonic(), body=raw)
+            self.requests.append(received)
+            answer = self._answer(handler, received)
+            received.status = answer.status
+            bottle.response.status = answer.status
+            bottle.response.content_type = answer.content_type
+            return answer.body
+        return route
+
+    def _answer(self, handler: Callable[[str, Received], _Answer], received: Received) -> _Answer:
+        telephony = received.path.startswith("/api/v5/telephony/")
+        injected = self._injected(telephony)
+        if injected is not None:
+            return injected
+        if self.enforce_rate_limit and not self._within_rate(telephony, received.received_at):
+            return _Answer(503, _NGINX_503, "text/html")
+        key = received.headers.get("X-API-KEY")
+        if not key:
+            return _error(403, '"apiKey" is missing.')
+        account = self.api_keys.get(key)
+        if account is None:
+            return _error(403, 'Wrong "apiKey" value.')
+        return handler(account, received)
+
+    def _injected(self, telephony: bool) -> _Answer | None:
+        with self._lock:
+            failure = self._failures.pop(0) if telephony and self._failures else None
+        if failure is not None:
+            body = failure.body
+            if body is None:
+                body = _HTML_502 if "html" in failure.content_type else json.dumps(
+                    {"success": False, "errorMsg": "Injected failure (HTTP %d)" % failure.status})
+            return _Answer(failure.status, body, failure.content_type)
+        mode = self._mode
+        if mode == "down":
+            return _error(500, "Internal Server Error")
+        if mode == "html":
+            return _Answer(self._mode_status or 502, _HTML_502, "text/html; charset=UTF-8")
+        if mode == "unavailable":
+            return _error(503, "Service temporary unavailable")
+        if mode == "rate_limited":
+            return _Answer(503, _NGINX_503, "text/html")
+        if mode == "stall":
+            # Leaving stall mode (or stopping) answers the stalled requests at once.
+            self._unstall.wait(self.stall_seconds)
+        return None
+
+    def _within_rate(self, telephony: bool, now: float) -> bool:
+        group, limit = ("telephony", TELEPHONY_LIMIT) if telephony else ("general", GENERAL_LIMIT)
+        with self._lock:
+            recent = [t for t in self._arrivals[group] if t > now - 1.0]
+            if len(recent) >= limit:
+                self._arrivals[group] = recent
+                return False
+            self._arrivals[group] = recent + [now]
+            return True
+
+    # --- routes --------------------------------------------------------------------------------
+
+    def _json_field(self, received: Received, name: str) -> tuple[Any, _Answer | None]:
+        if name not in received.form or not received.form[name].strip():
+            return None, _error(400, "Parameter '%s' is missing" % name)
+        try:
+            return json.loads(received.form[name]), None
+        except ValueError:
+            return None, _error(400, "Errors in the entity format", {name: "This value is not valid JSON."})
+
+    def _call_event(self, account: str, received: Received) -> _Answer:
+        event, problem = self._json_field(received, "event")
+        if problem:
+            return problem
+        if not isinstance(event, dict):
+            return _error(400, "Errors in the entity format", {"event": "This value should be an object."})
+        errors = self._event_errors(event)
+        if errors:
+            return _error(400, "Errors in the entity format", errors)
+        with self._lock:
+            self.events.append(dict(event, account=account))
+        payload: dict[str, Any] = {"success": True}
+        if self.known_codes is not None:
+            unknown = [c for c in event.get("codes") or [] if c not in self.known_codes]
+            if unknown:
+                payload["notExistCodes"] = unknown
+        return _json(200, payload)
+
+    def _event_errors(self, event: dict) -> dict[str, str]:
+        errors: dict[str, str] = {}
+        for name in sorted(set(event) - _EVENT_FIELDS):
+            errors[name] = "This form should not contain extra fields."
+        if not isinstance(event.get("phone"), str) or not event["phone"].strip():
+            errors["phone"] = "This value should not be blank."
+        if event.get("type") not in vocab.EVENT_TYPES:
+            errors["type"] = "The value you selected is not a valid choice."
+        codes, user_ids = event.get("codes"), event.get("userIds")
+        if codes is not None and not (isinstance(codes, list) and all(isinstance(c, str) and c for c in codes)):
+            errors["codes"] = "This value should be a list of strings."
+        if user_ids is not None and not (isinstance(user_ids, list) and all(_is_int(u) for u in user_ids)):
+            errors["userIds"] = "This value should be a list of integers."
+        if not codes and not user_ids:
+            errors.setdefault("codes", "One of codes or userIds should not be blank.")
+        if "hangupStatus" in event:
+            if event.get("type") != vocab.EVENT_HANGUP:
+                errors["hangupStatus"] = "hangupStatus is allowed only for type hangup."
+            elif event["hangupStatus"] not in vocab.HANGUP_STATUSES:
+                errors["hangupStatus"] = "The value you selected is not a valid choice."
+        for name in ("externalPhone", "callExternalId"):
+            if name in event and not isinstance(event[name], str):
+                errors[name] = "This value should be of type string."
+        if "site" in event:
+            self._check_site(event["site"], "site", errors)
+        return errors
+
+    def _check_site(self, site: Any, key: str, errors: dict[str, str]) -> None:
+        if not isinstance(site, str) or not site:
+            errors[key] = "This value should be of type string."
+        elif self.known_sites is not None and site not in self.known_sites:
+            errors[key] = "Site with code %s not found" % site
+
+    def _calls_upload(self, account: str, received: Received) -> _Answer:
+        calls, problem = self._json_field(received, "calls")
+        if problem:
+            return problem
+        if not isinstance(calls, list) or not calls:
+            return _error(400, "Errors in the entity format", {"calls": "This value should be a non-empty list."})
+        if len(calls) > vocab.MAX_CALLS_PER_UPLOAD:
+            return _error(400, "Errors in the entity format",
+                          {"calls": "This collection should contain %d elements or less." % vocab.MAX_CALLS_PER_UPLOAD})
+        errors: dict[str, str] = {}
+        for i, call in enumerate(calls):
+            self._call_errors(i, call, errors)
+        if errors:
+            return _error(400, "Errors in the entity format", errors)
+        with self._lock:
+            seen = self._accepted_ids.setdefault(account, set())
+            duplicates = []
+            for call in calls:
+                if call["externalId"] in seen:
+                    duplicates.append(call["externalId"])
+                else:
+                    seen.add(call["externalId"])
+                    self.calls.append(call)
+            self.uploads.append(calls)
+        return _json(200, {"success": True, "processedCallsCount": len(calls) - len(duplicates),
+                           "duplicateCalls": duplicates})
+
+    def _call_errors(self, i: int, call: Any, errors: dict[str, str]) -> None:
+        def bad(name: str, msg: str) -> None:
+            errors["calls[%d][%s]" % (i, name)] = msg
+
+        if not isinstance(call, dict):
+            errors["calls[%d]" % i] = "This value should be an object."
+            return
+        for name in sorted(set(call) - _CALL_FIELDS):
+            bad(name, "This form should not contain extra fields.")
+        if not isinstance(call.get("date"), str) or not _DATE.fullmatch(call["date"]):
+            bad("date", "This value is not a valid datetime (Y-m-d H:i:s).")
+        if call.get("type") not in vocab.UPLOAD_TYPES:
+            bad("type", "The value you selected is not a valid choice.")
+        if not isinstance(call.get("phone"), str) or not call["phone"].strip():
+            bad("phone", "This value should not be blank.")
+        if call.get("result") not in vocab.UPLOAD_RESULTS:
+            bad("result", "The value you selected is not a valid choice.")
+        for name in ("duration", "durationWaiting"):
+            if not _is_int(call.get(name)) or call[name] < 0:
+                bad(name, "This value should be a non-negative integer.")
+        if not isinstance(call.get("externalId"), str) or not call["externalId"]:
+            bad("externalId", "This value should not be blank.")
+        elif call["externalId"] in self.reject_external_ids:
+            bad("phone", "This value is not valid (rejected on purpose by the fake).")
+        for name in ("code", "externalPhone", "recordUrl"):
+            if name in call and not isinstance(call[name], str):
+                bad(name, "This value should be of type string.")
+        if "userId" in call and not _is_int(call["userId"]):
+            bad("userId", "This value should be of type integer.")
+        if "site" in call:
+            self._check_site(call["site"], "calls[%d][site]" % i, errors)
+
+    def _manager(self, account: str, received: Received) -> _Answer:
+        phone = received.query.get("phone", "")
+        if not phone:
+            return _error(400, "Parameter 'phone' is missing")
+        if self.manager_delay:
+            gevent.sleep(self.manager_delay)
+        payload: dict[str, Any] = {"success": True, "links": {"newOrderLink": "/orders/new",
+                                                             "newCustomerLink": "/customers/new"}}
+        manager = self.managers.get(phone)
+        if manager is not None:
+            payload["manager"] = manager
+        return _json(200, payload)
+
+    def _credentials(self, account: str, received: Received) -> _Answer:
+        return _json(200, {
+            "success": True, "scopes": list(self.scopes),
+            "credentials": ["/api/telephony/call/event", "/api/telephony/calls/upload", "/api/telephony/manager",
+                            "/api/integration-modules/{code}", "/api/integration-modules/{code}/edit"],
+            "siteAccess": "access_full", "sitesAvailable": sorted(self.known_sites or ()),
+        })
+

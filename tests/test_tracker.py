@@ -1,0 +1,204 @@
+"""Call tracking and mapping, driven by the real FreeSWITCH 1.11 streams in tests/fixtures/pbx."""
+
+from pathlib import Path
+
+import pytest
+
+from fs_crm.config import parse_config
+from fs_crm.eslparse import iter_frames, parse_event
+from fs_crm.payloads import CallEvent, CallRecord
+from fs_crm.tracker import CallTracker, LiveChannel
+
+FIXTURES = Path(__file__).parent / "fixtures" / "pbx"
+
+SHOP = {
+    "name": "shop", "crm_url": "https://shop.retailcrm.ru", "api_key": "k1", "client_id": "c1",
+    "domain": "pbx.test", "timezone": "Europe/Moscow",
+    "extensions": {"1": "100", "2": "200", "3": "300"},
+    "external_phones": {"shop1": "74999999999", "shop2": "+7 (499) 888-88-88"},
+}
+OTHER = {
+    "name": "other", "crm_url": "https://other.retailcrm.ru", "api_key": "k2", "client_id": "c2",
+    "domain": "other.test", "timezone": "UTC", "extensions": {"7": "100"}, "external_phones": {"main": "74951111111"},
+}
+
+
+def accounts(*tables):
+    return parse_config("test.toml", {"accounts": list(tables)}, env={}).accounts
+
+
+def events_of(scenario):
+    data = (FIXTURES / ("%s.esl.txt" % scenario)).read_bytes()
+    return [parse_event(f) for f in iter_frames(data) if f.content_type == "text/event-plain"]
+
+
+def play(events, tracker=None):
+    tracker = tracker or CallTracker(accounts(SHOP))
+    effects = [effect for event in events for effect in tracker.handle(event)]
+    cards = [e.to_api() for e in effects if isinstance(e, CallEvent)]
+    records = [e.to_api() for e in effects if isinstance(e, CallRecord)]
+    return tracker, cards, records
+
+
+def card_summary(cards):
+    return [(c["type"], c["codes"], c.get("hangupStatus")) for c in cards]
+
+
+# What a person expects in the CRM for each real call (see tests/fixtures/pbx/README.md).
+SCENARIOS = [
+    pytest.param("in_answered_ringgroup",
+                 [("in", ["100", "200"], None), ("hangup", ["100"], "cancel"), ("hangup", ["200"], "answered")],
+                 {"type": "in", "result": "answered", "code": "200", "userId": 2, "duration": 3,
+                  "durationWaiting": 2, "site": "shop1", "externalPhone": "74999999999"},
+                 id="in_answered_ringgroup"),
+    pytest.param("in_missed",
+                 [("in", ["100", "200"], None), ("hangup", ["100", "200"], "no answered")],
+                 {"type": "in", "result": "no answer", "duration": 0, "durationWaiting": 6, "site": "shop1",
+                  "externalPhone": "74999999999"},
+                 id="in_missed"),
+    pytest.param("in_busy", [],
+                 {"type": "in", "result": "busy", "duration": 0, "site": "shop2", "code": "300", "userId": 3,
+                  "externalPhone": "+74998888888"},
+                 id="in_busy"),
+    pytest.param("out_answered", [("out", ["100"], None), ("hangup", ["100"], "answered")],
+                 {"type": "out", "result": "answered", "code": "100", "userId": 1, "duration": 3,
+                  "durationWaiting": 2, "site": "shop1", "externalPhone": "74999999999"},
+                 id="out_answered"),
+    pytest.param("out_busy", [("out", ["100"], None), ("hangup", ["100"], "busy")],
+                 {"type": "out", "result": "busy", "code": "100", "userId": 1, "duration": 0, "site": "shop1"},
+                 id="out_busy"),
+    pytest.param("click_to_call", [("out", ["100"], None), ("hangup", ["100"], "answered")],
+                 {"type": "out", "result": "answered", "code": "100", "userId": 1, "duration": 3, "site": "shop1"},
+                 id="click_to_call"),
+    pytest.param("in_socket_route", [("in", ["100"], None), ("hangup", ["100"], "answered")],
+                 {"type": "in", "result": "answered", "code": "100", "userId": 1, "duration": 3,
+                  "durationWaiting": 2, "externalPhone": "74997777777"},
+                 id="in_socket_route"),
+]
+
+
+@pytest.mark.parametrize("scenario,expected_cards,expected_record", SCENARIOS)
+def test_given_real_call_when_tracked_then_crm_sees_what_a_person_expects(scenario, expected_cards, expected_record):
+    tracker, cards, records = play(events_of(scenario))
+
+    assert card_summary(cards) == expected_cards
+    assert len(records) == 1
+    record = records[0]
+    for key, value in expected_record.items():
+        assert record[key] == value, key
+    assert record["phone"] == "79121234567"
+    assert tracker.active_calls() == 0
+    for c in cards:
+        assert c["phone"] == "79121234567" and c["callExternalId"] == record["externalId"]
+
+
+def test_given_unconfigured_company_number_when_call_ends_then_no_store_even_if_dialplan_says_one():
+    _, _, records = play(events_of("in_socket_route"))
+    assert "site" not in records[0]  # the dialplan exported store=shop1, but 74997777777 is not configured
+
+
+def test_given_internal_call_when_tracked_then_nothing_reaches_the_crm():
+    tracker, cards, records = play(events_of("internal"))
+    assert cards == [] and records == [] and tracker.active_calls() == 0
+
+
+def test_given_registrations_when_tracked_then_ignored():
+    tracker, cards, records = play(events_of("register_unregister"))
+    assert cards == [] and records == [] and tracker.active_calls() == 0
+
+
+def test_given_call_date_when_recorded_then_in_account_time_zone():
+    _, _, records = play(events_of("in_answered_ringgroup"))
+    # Caller-Channel-Created-Time 2026-11-26 18:42:59 UTC; the account is in Europe/Moscow (UTC+3).
+    assert records[0]["date"] == "2026-11-26 21:42:59"
+
+
+@pytest.mark.parametrize("scenario", ["in_answered_ringgroup", "out_answered", "click_to_call", "in_missed"])
+def test_given_legs_end_in_any_order_when_tracked_then_external_id_is_the_first_legs(scenario):
+    events = events_of(scenario)
+    _, _, in_order = play(events)
+    completes = [e for e in events if e.name in ("CHANNEL_HANGUP_COMPLETE", "CHANNEL_DESTROY")]
+    others = [e for e in events if e not in completes]
+    _, _, reversed_ends = play(others + completes[::-1])
+    assert in_order[0]["externalId"] == reversed_ends[0]["externalId"] == events[0]["Unique-ID"]
+    assert in_order == reversed_ends
+
+
+def test_given_same_event_twice_when_tracked_then_one_card_and_one_record():
+    events = events_of("in_answered_ringgroup")
+    doubled = [e for event in events for e in (event, event)]
+    _, cards, records = play(doubled)
+    assert card_summary(cards) == SCENARIOS[0].values[1]
+    assert len(records) == 1
+
+
+def test_given_listener_joins_mid_call_when_call_ends_then_one_record_under_first_leg():
+    events = events_of("in_answered_ringgroup")
+    late = events[8:]  # after both phones were created and rang
+    _, _, records = play(late)
+    assert len(records) == 1
+    assert records[0]["externalId"] == events[0]["Unique-ID"]
+    assert records[0]["result"] == "answered" and records[0]["code"] == "200"
+
+
+@pytest.mark.parametrize("scenario,account_name", [("in_answered_ringgroup", "shop"), ("out_busy", "shop")])
+def test_given_two_accounts_on_one_freeswitch_when_call_ends_then_it_goes_to_its_domains_account(scenario, account_name):
+    tracker = CallTracker(accounts(OTHER, SHOP))
+    _, cards, records = play(events_of(scenario), tracker)
+    effects_accounts = {r["externalId"] for r in records}
+    assert len(effects_accounts) == 1
+    # The account is not part of the wire payload; ask the tracker's typed output instead.
+    tracker = CallTracker(accounts(OTHER, SHOP))
+    typed = [e for ev in events_of(scenario) for e in tracker.handle(ev)]
+    assert {e.account for e in typed} == {account_name}
+
+
+def test_given_call_of_no_configured_domain_when_several_accounts_then_not_reported():
+    other_b = dict(OTHER, name="b", domain="b.test", client_id="c3", external_phones={})
+    tracker = CallTracker(accounts(OTHER, other_b))
+    _, cards, records = play(events_of("out_answered"), tracker)
+    assert cards == [] and records == []
+
+
+def test_given_disconnect_when_legs_vanished_then_reconcile_reports_call_once_with_known_facts():
+    events = events_of("in_answered_ringgroup")
+    answered_at = next(i for i, e in enumerate(events) if e.name == "CHANNEL_BRIDGE")
+    tracker, _, records = play(events[:answered_at + 1])
+    assert records == [] and tracker.active_calls() == 1
+
+    now_us = int(events[-1]["Event-Date-Timestamp"])
+    tracker.reconcile([], now_us)
+    assert tracker.expire_orphans(now_us + 1_000_000, 3_000_000) == []  # still inside the grace time
+    expired = tracker.expire_orphans(now_us + 5_000_000, 3_000_000)
+
+    assert len(expired) == 1
+    record = expired[0].to_api()
+    assert record["externalId"] == events[0]["Unique-ID"]
+    assert record["result"] == "answered" and record["code"] == "200"
+    assert tracker.active_calls() == 0
+    # Events that straggle in afterwards do not produce a second record.
+    _, _, again = play(events[answered_at + 1:], tracker)
+    assert len(again) <= 1 and all(r["externalId"] == record["externalId"] for r in again)
+
+
+def test_given_live_call_unknown_after_restart_when_reconciled_then_its_end_gives_one_record():
+    events = events_of("out_answered")
+    root = events[0]
+    live = [LiveChannel(uuid=root["Unique-ID"], call_uuid=root["Unique-ID"], direction="inbound",
+                        name=root["Channel-Name"], cid_num="100", dest="79121234567",
+                        created_epoch=int(root["Caller-Channel-Created-Time"]) // 1_000_000,
+                        callstate="ACTIVE", presence_id="100@pbx.test")]
+    tracker = CallTracker(accounts(SHOP))
+    tracker.reconcile(live, int(root["Event-Date-Timestamp"]))
+    bridged_at = next(i for i, e in enumerate(events) if e.name == "CHANNEL_BRIDGE")
+    _, cards, records = play(events[bridged_at + 1:], tracker)
+    assert cards == []  # no stale cards for calls picked up midway
+    assert len(records) == 1
+    assert records[0]["type"] == "out" and records[0]["result"] == "answered" and records[0]["code"] == "100"
+
+
+def test_given_event_without_unique_id_when_tracked_then_ignored():
+    event = parse_event(next(iter_frames(b"Content-Length: 28\nContent-Type: text/event-plain\n\n"
+                                         b"Event-Name: CHANNEL_CREATE\n\n")))
+    tracker = CallTracker(accounts(SHOP))
+    assert tracker.handle(event) == []
