@@ -1,0 +1,321 @@
+"""The durable call-history queue (SQLite): the only user of sqlite3 in fs-crm.
+
+A finished call is committed here before anything is sent, so history survives a CRM outage, a
+restart, kill -9 and power loss. `HistorySender` (fs_crm.history) drains it into the CRM.
+
+Per account the queue is strictly FIFO: `due()` stops at the first pending call whose next attempt
+lies in the future, so a call deferred after an outage is never overtaken by a newer one.
+Delivered external ids are remembered (until `prune_delivered`) so a call reported twice, for
+example after an ESL reconnect or a restart, is uploaded once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FILE_NAME = "outbox.sqlite3"
+SCHEMA_VERSION = 1
+PENDING = "pending"
+FAILED = "failed"
+
+# How long a writer waits for the file lock before giving up; only fs-crm writes this file, so
+# hitting it means something else holds the database (a stray sqlite3 shell, a second instance).
+BUSY_TIMEOUT_MS = 10_000
+# Error texts come from the CRM; keep a runaway one from bloating the database.
+MAX_ERROR_LEN = 2000
+
+# Each entry moves the schema from version N to N+1; applied in one transaction on open.
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: ids never reused, so id order is FIFO
+        account TEXT NOT NULL,
+        external_id TEXT NOT NULL,
+        payload TEXT NOT NULL,                 -- JSON, exactly what calls/upload receives
+        state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        next_attempt_at REAL NOT NULL,
+        last_error TEXT,
+        UNIQUE (account, external_id)
+    );
+    CREATE INDEX outbox_queue ON outbox (account, state, id);
+    CREATE TABLE delivered (
+        account TEXT NOT NULL,
+        external_id TEXT NOT NULL,
+        delivered_at REAL NOT NULL,
+        PRIMARY KEY (account, external_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX delivered_age ON delivered (delivered_at);
+    """,
+)
+
+_COLUMNS = "id, account, external_id, payload, attempts, created_at, last_error, state, next_attempt_at"
+
+
+class OutboxError(Exception):
+    """The outbox file cannot be used (disk full, corrupt, unreadable); the message names the file."""
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: int
+    account: str
+    external_id: str
+    payload: dict
+    attempts: int
+    created_at: float
+    last_error: str | None
+    state: str
+    next_attempt_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    pending: int
+    failed: int
+    oldest_pending_at: float | None
+    # Calls delivered within the last `recent` seconds given to `stats()` (one hour by default).
+    delivered_recently: int
+    pending_by_account: dict[str, int] = field(default_factory=dict)
+    failed_by_account: dict[str, int] = field(default_factory=dict)
+
+
+class Outbox:
+    """One SQLite connection guarded by a lock; every public method is one short transaction.
+
+    No method does network I/O, so callers never hold the lock while talking to the CRM.
+    """
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time):
+        path = Path(path)
+        if path.is_dir():
+            path = path / FILE_NAME
+        self.path = path
+        self._clock = clock
+        # gevent patches threading, so this lock also serialises greenlets.
+        self._lock = threading.RLock()
+        self._db: sqlite3.Connection | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutboxError("%s: cannot create directory: %s" % (path, exc.strerror)) from exc
+        with self._errors("open"):
+            # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves.
+            db = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                 check_same_thread=False)
+            try:
+                self._setup(db)
+            except BaseException:
+                db.close()
+                raise
+            self._db = db
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def _setup(self, db: sqlite3.Connection) -> None:
+        db.execute("PRAGMA busy_timeout = %d" % BUSY_TIMEOUT_MS)
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise OutboxError("%s: cannot switch to WAL journal mode (got %r)" % (self.path, mode))
+        # FULL: every commit fsyncs the WAL, so a call is on disk once add() returned, even if
+        # the power goes (NORMAL would only survive a process crash).
+        db.execute("PRAGMA synchronous = FULL")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise OutboxError("%s: schema version %d is newer than this fs-crm understands (%d)"
+                              % (self.path, version, SCHEMA_VERSION))
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            try:
+                db.executescript("BEGIN IMMEDIATE;\n%s;\nPRAGMA user_version = %d;\nCOMMIT;"
+                                 % (_MIGRATIONS[target - 1], target))
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                with self._errors("close"):
+                    self._db.close()
+                self._db = None
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise OutboxError("%s: %s failed: %s" % (self.path, action, exc)) from exc
+
+    @contextlib.contextmanager
+    def _read(self, action: str) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._errors(action):
+            yield self._conn()
+
+    @contextlib.contextmanager
+    def _write(self, action: str) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction, committed (and fsynced) before the block's caller goes on."""
+        with self._lock, self._errors(action):
+            db = self._conn()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                # Also after a failed COMMIT (disk full), so the next call can start afresh.
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                raise
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise OutboxError("%s: outbox is closed" % self.path)
+        return self._db
+
+    @staticmethod
+    def _item(row: tuple) -> OutboxItem:
+        id_, account, external_id, payload, attempts, created_at, last_error, state, next_at = row
+        return OutboxItem(id=id_, account=account, external_id=external_id, payload=json.loads(payload),
+                          attempts=attempts, created_at=created_at, last_error=last_error, state=state,
+                          next_attempt_at=next_at)
+
+    # --- queue ----------------------------------------------------------------------------------
+
+    def add(self, account: str, external_id: str, payload: dict) -> bool:
+        """Queue one call; True once it is on disk, False if this call is already known.
+
+        Known means pending, failed, or delivered and not yet pruned: nothing changes then.
+        """
+        if not account or not external_id:
+            raise ValueError("account and external_id must not be empty")
+        text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+        now = self._clock()
+        with self._write("add %s/%s" % (account, external_id)) as db:
+            seen = db.execute("SELECT 1 FROM delivered WHERE account = ? AND external_id = ?",
+                              (account, external_id)).fetchone()
+            if seen:
+                return False
+            cur = db.execute(
+                "INSERT INTO outbox (account, external_id, payload, created_at, next_attempt_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (account, external_id) DO NOTHING",
+                (account, external_id, text, now, now))
+            return cur.rowcount == 1
+
+    def due(self, account: str, limit: int = 50) -> list[OutboxItem]:
+        """Pending calls of one account that may be sent now, oldest first.
+
+        Stops at the first pending call that is not due yet, so nothing overtakes a deferred call.
+        """
+        now = self._clock()
+        with self._read("due") as db:
+            rows = db.execute("SELECT %s FROM outbox WHERE account = ? AND state = 'pending'"
+                              " ORDER BY id LIMIT ?" % _COLUMNS, (account, limit)).fetchall()
+        items = []
+        for row in rows:
+            item = self._item(row)
+            if item.next_attempt_at > now:
+                break
+            items.append(item)
+        return items
+
+    def _heads(self, db: sqlite3.Connection) -> list[tuple[str, float]]:
+        # SQLite takes the bare column next_attempt_at from the row that holds MIN(id): the head
+        # of each account's queue, which gates the whole account.
+        return db.execute("SELECT account, next_attempt_at, MIN(id) FROM outbox WHERE state = 'pending'"
+                          " GROUP BY account ORDER BY account").fetchall()
+
+    def accounts_with_due(self) -> list[str]:
+        now = self._clock()
+        with self._read("accounts_with_due") as db:
+            return [account for account, next_at, _ in self._heads(db) if next_at <= now]
+
+    def next_due_at(self, account: str | None = None) -> float | None:
+        """When the earliest account (or the given one) has something to send; None when idle."""
+        with self._read("next_due_at") as db:
+            if account is not None:
+                # The head of the queue gates the account (see due()); the index finds it directly.
+                row = db.execute("SELECT next_attempt_at FROM outbox WHERE account = ? AND state = 'pending'"
+                                 " ORDER BY id LIMIT 1", (account,)).fetchone()
+                return row[0] if row else None
+            times = [next_at for _, next_at, _ in self._heads(db)]
+        return min(times) if times else None
+
+    def mark_delivered(self, ids: Iterable[int]) -> None:
+        params = [(i,) for i in ids]
+        if not params:
+            return
+        now = self._clock()
+        with self._write("mark_delivered") as db:
+            db.executemany(
+                "INSERT INTO delivered (account, external_id, delivered_at)"
+                " SELECT account, external_id, ? FROM outbox WHERE id = ?"
+                " ON CONFLICT (account, external_id) DO UPDATE SET delivered_at = excluded.delivered_at",
+                [(now, i) for (i,) in params])
+            db.executemany("DELETE FROM outbox WHERE id = ?", params)
+
+    def defer(self, ids: Iterable[int], delay: float, error: str) -> None:
+        next_at = self._clock() + max(0.0, delay)
+        params = [(next_at, error[:MAX_ERROR_LEN], i) for i in ids]
+        if not params:
+            return
+        with self._write("defer") as db:
+            db.executemany("UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
+                           " WHERE id = ? AND state = 'pending'", params)
+
+    def set_aside(self, id: int, error: str) -> None:
+        """Park one call the CRM refuses: kept and visible, never retried until `retry_failed`."""
+        with self._write("set_aside") as db:
+            db.execute("UPDATE outbox SET state = 'failed', attempts = attempts + 1, last_error = ?"
+                       " WHERE id = ?", (error[:MAX_ERROR_LEN], id))
+
+    def retry_failed(self, account: str | None = None) -> int:
+        now = self._clock()
+        where, args = ("AND account = ?", (account,)) if account is not None else ("", ())
+        with self._write("retry_failed") as db:
+            cur = db.execute("UPDATE outbox SET state = 'pending', next_attempt_at = ?"
+                             " WHERE state = 'failed' " + where, (now, *args))
+            return cur.rowcount
+
+    def failed(self, limit: int = 100) -> list[OutboxItem]:
+        with self._read("failed") as db:
+            rows = db.execute("SELECT %s FROM outbox WHERE state = 'failed' ORDER BY id LIMIT ?"
+                              % _COLUMNS, (limit,)).fetchall()
+        return [self._item(row) for row in rows]
+
+    def stats(self, recent: float = 3600.0) -> OutboxStats:
+        since = self._clock() - recent
+        with self._read("stats") as db:
+            counts = db.execute("SELECT account, state, COUNT(*) FROM outbox GROUP BY account, state").fetchall()
+            oldest = db.execute("SELECT MIN(created_at) FROM outbox WHERE state = 'pending'").fetchone()[0]
+            delivered = db.execute("SELECT COUNT(*) FROM delivered WHERE delivered_at >= ?",
+                                   (since,)).fetchone()[0]
+        by_state: dict[str, dict[str, int]] = {PENDING: {}, FAILED: {}}
+        for account, state, count in counts:
+            by_state[state][account] = count
+        return OutboxStats(
+            pending=sum(by_state[PENDING].values()), failed=sum(by_state[FAILED].values()),
+            oldest_pending_at=oldest, delivered_recently=delivered,
+            pending_by_account=by_state[PENDING], failed_by_account=by_state[FAILED])
+
+    def prune_delivered(self, older_than: float) -> int:
+        """Forget delivered ids whose delivery time (epoch seconds) is before `older_than`."""
+        with self._write("prune_delivered") as db:
+            return db.execute("DELETE FROM delivered WHERE delivered_at < ?", (older_than,)).rowcount
+
