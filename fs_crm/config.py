@@ -259,7 +259,8 @@ def parse_config(path: str, data: Mapping[str, Any], env: Mapping[str, str] | No
 
     r = _Reader(path, "freeswitch", data.get("freeswitch", {}))
     d = FreeswitchConfig()
-    password = env.get(PASSWORD_ENV) or r.str("password", d.password)
+    password = env.get(PASSWORD_ENV) or r.str("password", d.password)  # read the key even when overridden
+    r.used.add("password")
     freeswitch = FreeswitchConfig(
         host=r.str("host", d.host),
         port=r.number("port", d.port, minimum=1, integer=True),

@@ -1,0 +1,94 @@
+"""Call cards (`telephony/call/event`): sent at once, concurrently, and dropped when stale.
+
+A card is only useful while the phone rings, so it is never written to disk: it is sent right away
+on its own greenlet (urgent in the rate limiter, ahead of history uploads), retried briefly while
+the CRM is unavailable, and dropped with a log line once older than `card_max_age`. Cards of one
+call keep their order (an `in` is never overtaken by its `hangup`); different calls go in parallel.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Mapping
+
+import gevent
+import gevent.pool
+
+from fs_crm.config import DeliveryConfig
+from fs_crm.crm import CrmClient, CrmRejected, CrmUnavailable
+from fs_crm.payloads import CallEvent
+
+logger = logging.getLogger(__name__)
+
+MAX_IN_FLIGHT = 200
+
+
+class CardSender:
+    def __init__(self, clients: Mapping[str, CrmClient], delivery: DeliveryConfig,
+                 clock: Callable[[], float] = time.time):
+        self.clients = clients
+        self.max_age = delivery.card_max_age
+        self.clock = clock
+        self.pool = gevent.pool.Pool(MAX_IN_FLIGHT)
+        self._last_of_call: dict[str, gevent.Greenlet] = {}
+        self.sent = 0
+        self.dropped = 0
+        self.last_error: dict[str, str] = {}
+
+    def submit(self, card: CallEvent) -> None:
+        """Never blocks the caller (the ESL reader): sending happens on a pooled greenlet."""
+        if self._too_old(card):
+            return
+        previous = self._last_of_call.get(card.call_id)
+        greenlet = gevent.Greenlet(self._send, card, previous)
+        self._last_of_call[card.call_id] = greenlet
+        greenlet.link(lambda g, call_id=card.call_id: self._forget(call_id, g))
+        if self.pool.full():
+            logger.warning("call %s: %d cards already in flight; this one waits", card.call_id, MAX_IN_FLIGHT)
+            gevent.spawn(self.pool.start, greenlet)
+        else:
+            self.pool.start(greenlet)
+
+    def _forget(self, call_id: str, greenlet: gevent.Greenlet) -> None:
+        if self._last_of_call.get(call_id) is greenlet:
+            del self._last_of_call[call_id]
+
+    def _too_old(self, card: CallEvent) -> bool:
+        age = self.clock() - card.created_at
+        if age > self.max_age:
+            self.dropped += 1
+            logger.warning("call %s account %s: dropping stale %s card for %s (%.1fs old)", card.call_id,
+                           card.account, card.type, ",".join(card.codes), age)
+            return True
+        return False
+
+    def _send(self, card: CallEvent, previous: gevent.Greenlet | None) -> None:
+        if previous is not None:
+            previous.join()
+        client = self.clients[card.account]
+        delay = 0.25
+        while not self._too_old(card):
+            try:
+                client.send_event(card.to_api())
+            except CrmUnavailable as exc:
+                self.last_error[card.account] = str(exc)
+                logger.warning("call %s account %s: %s card not delivered yet: %s", card.call_id, card.account,
+                               card.type, exc)
+                gevent.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            except CrmRejected as exc:
+                self.last_error[card.account] = str(exc)
+                logger.error("call %s account %s: CRM refused the %s card: %s", card.call_id, card.account,
+                             card.type, exc)
+                return
+            self.sent += 1
+            logger.debug("call %s account %s: %s card delivered to %s", card.call_id, card.account, card.type,
+                         ",".join(card.codes))
+            return
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Cards still in flight get a moment to finish; after that they are stale anyway."""
+        self.pool.join(timeout=timeout)
+        self.pool.kill(block=False)

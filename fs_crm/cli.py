@@ -1,0 +1,156 @@
+"""Command line: `fs-crm run | check | outbox | demo`."""
+
+# gevent must patch the standard library before requests, sqlite users or sockets are imported.
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import datetime as dt  # noqa: E402
+import logging  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+
+import gevent  # noqa: E402
+
+from fs_crm.config import Config, ConfigError, load_config  # noqa: E402
+
+logger = logging.getLogger("fs_crm")
+
+REQUIRED_SCOPES = ("telephony_read", "telephony_write")
+# Needed by later features (module registration, user status); missing ones are warned about.
+WANTED_SCOPES = ("integration_read", "integration_write", "user_read")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # urllib3 logs full URLs at DEBUG; they carry no key (it travels in a header) but are noise.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def _load(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    _setup_logging(args.log_level or config.log_level)
+    return config
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fs_crm.service import Service
+
+    config = _load(args)
+    service = Service(config)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, service.request_stop)
+    return service.run_forever()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from fs_crm.crm import CrmClient, CrmError
+    from fs_crm.esl import EslConnection, EslError
+
+    config = _load(args)
+    ok = True
+    print("config %s: OK (%d account(s))" % (config.path, len(config.accounts)))
+    fs = config.freeswitch
+    conn = EslConnection(fs, lambda event: None)
+    try:
+        conn.connect()
+        version = conn.api("version").strip()
+        print("FreeSWITCH %s:%s: OK, authenticated (%s)" % (fs.host, fs.port, version or "version unknown"))
+    except EslError as exc:
+        ok = False
+        print("FreeSWITCH %s:%s: FAILED: %s" % (fs.host, fs.port, exc))
+    finally:
+        conn.stop()
+    for account in config.accounts:
+        client = CrmClient(account, config.delivery)
+        try:
+            creds = client.credentials()
+        except CrmError as exc:
+            ok = False
+            print("account %s (%s): FAILED: %s" % (account.name, account.crm_url, exc))
+            continue
+        finally:
+            client.close()
+        granted = set(creds.scopes)
+        legacy = " ".join(creds.credentials)
+        missing = [s for s in REQUIRED_SCOPES if s not in granted]
+        if missing and "/telephony/" in legacy and not creds.scopes:
+            missing = []  # an old key described by method paths instead of scopes
+        if missing:
+            ok = False
+            print("account %s (%s): FAILED: the API key lacks scopes %s" % (account.name, account.crm_url,
+                                                                          ", ".join(missing)))
+            continue
+        sites = [site for site, _ in account.external_phones]
+        blind = [s for s in sites if creds.site_access == "access_selective" and s not in creds.sites_available]
+        wanted = [s for s in WANTED_SCOPES if s not in granted and creds.scopes]
+        print("account %s (%s): OK, key valid with telephony scopes%s%s" % (
+            account.name, account.crm_url,
+            "; WARNING: no access to stores %s" % ", ".join(blind) if blind else "",
+            "; note: scopes %s missing (needed for module registration and statuses)" % ", ".join(wanted)
+            if wanted else ""))
+    return 0 if ok else 1
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    from fs_crm.outbox import Outbox
+
+    config = _load(args)
+    path = config.state.dir / "outbox.sqlite3"
+    if not path.exists():
+        print("no outbox yet at %s (nothing was ever queued)" % path)
+        return 0
+    outbox = Outbox(path)
+    try:
+        if args.retry:
+            count = outbox.retry_failed(args.account)
+            print("requeued %d call(s) that had been set aside" % count)
+        stats = outbox.stats()
+        oldest = ("none" if stats.oldest_pending_at is None else
+                  dt.datetime.fromtimestamp(stats.oldest_pending_at).isoformat(sep=" ", timespec="seconds"))
+        print("pending: %d\nset aside (failed): %d\noldest pending: %s" % (stats.pending, stats.failed, oldest))
+        for item in outbox.failed(limit=20):
+            print("  failed %s account %s after %d attempt(s): %s" % (item.external_id, item.account,
+                                                                     item.attempts, item.last_error))
+    finally:
+        outbox.close()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fs_crm.demo import run_demo
+
+    _setup_logging(args.log_level or "WARNING")
+    return run_demo()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fs-crm", description="FreeSWITCH to retailCRM bridge")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override [logging] level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("-c", "--config", required=True, help="path to the TOML config file")
+        return p
+
+    with_config(sub.add_parser("run", help="run the daemon")).set_defaults(func=cmd_run)
+    with_config(sub.add_parser("check", help="check config, FreeSWITCH and CRM keys")).set_defaults(func=cmd_check)
+    p = with_config(sub.add_parser("outbox", help="show the history queue"))
+    p.add_argument("--retry", action="store_true", help="requeue calls that were set aside")
+    p.add_argument("--account", help="with --retry: only this account")
+    p.set_defaults(func=cmd_outbox)
+    sub.add_parser("demo", help="run against a simulated FreeSWITCH and retailCRM").set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print("fs-crm: configuration error: %s" % exc, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,142 @@
+"""The one place that builds every collaborator and runs the daemon (`fs-crm run`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Callable
+
+import gevent
+import gevent.event
+
+from fs_crm.cards import CardSender
+from fs_crm.config import Config
+from fs_crm.crm import CrmClient, RateLimiter
+from fs_crm.esl import EslConnection, EslError, EslListener
+from fs_crm.eslparse import Event
+from fs_crm.history import HistorySender
+from fs_crm.outbox import Outbox
+from fs_crm.payloads import CallEvent, CallRecord
+from fs_crm.tracker import CallTracker, parse_live_channels
+
+logger = logging.getLogger(__name__)
+
+# Legs that vanished while we were disconnected may still have their last events in flight when
+# the reconcile answer arrives; they get this long before being reported with what we know.
+ORPHAN_GRACE_SECONDS = 3.0
+HOUSEKEEPING_INTERVAL = 1.0
+
+
+class Service:
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time):
+        self.config = config
+        self.clock = clock
+        config.state.dir.mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox(config.state.dir / "outbox.sqlite3")
+        # Accounts that share an API key share its rate budget.
+        limiters: dict[str, RateLimiter] = {}
+        self.clients: dict[str, CrmClient] = {}
+        for account in config.accounts:
+            limiter = limiters.setdefault(account.api_key, RateLimiter(config.delivery.telephony_rps,
+                                                                       config.delivery.general_rps))
+            self.clients[account.name] = CrmClient(account, config.delivery, limiter)
+        self.cards = CardSender(self.clients, config.delivery, clock=clock)
+        self.history = HistorySender(self.outbox, self.clients, config.delivery)
+        self.tracker = CallTracker(config.accounts)
+        self.listener = EslListener(config.freeswitch, self.on_event, self.on_connected)
+        self.started = gevent.event.Event()
+        self._stop = gevent.event.Event()
+        self._failure: BaseException | None = None
+        self._greenlets: list[gevent.Greenlet] = []
+
+    # --- the ESL side: runs in the reader greenlet, so it only tracks and enqueues ----------------
+    def on_event(self, event: Event) -> None:
+        self._apply(self.tracker.handle(event))
+
+    def _apply(self, effects: list[CallEvent | CallRecord]) -> None:
+        for effect in effects:
+            if isinstance(effect, CallEvent):
+                self.cards.submit(effect)
+            else:
+                # History is on disk before anything else happens to it.
+                if self.outbox.add(effect.account, effect.external_id, effect.to_api()):
+                    self.history.wake()
+                else:
+                    logger.info("call %s account %s: already queued or delivered; not queued again",
+                                effect.external_id, effect.account)
+
+    def on_connected(self, conn: EslConnection) -> None:
+        """After every (re)connect: learn which calls are still alive so none is lost or doubled."""
+        try:
+            text = conn.api("show channels as json")
+            data = json.loads(text) if text.strip() else {}
+        except EslError as exc:
+            logger.warning("could not list live channels after connecting: %s", exc)
+            return
+        except ValueError:
+            logger.warning("`show channels as json` did not answer JSON; skipping reconciliation")
+            return
+        rows = data.get("rows") if isinstance(data, dict) else None
+        live = parse_live_channels(rows if isinstance(rows, list) else [])
+        self.tracker.reconcile(live, int(self.clock() * 1_000_000))
+        logger.info("reconciled with FreeSWITCH: %d live channels, %d calls tracked", len(live),
+                    self.tracker.active_calls())
+
+    def _housekeeping(self) -> None:
+        while not self._stop.wait(timeout=HOUSEKEEPING_INTERVAL):
+            now_us = int(self.clock() * 1_000_000)
+            self._apply(self.tracker.expire_orphans(now_us, int(ORPHAN_GRACE_SECONDS * 1_000_000)))
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def _spawn(self, name: str, func: Callable[[], None]) -> None:
+        greenlet = gevent.spawn(func)
+        greenlet.name = name
+        greenlet.link_exception(self._crashed)
+        self._greenlets.append(greenlet)
+
+    def _crashed(self, greenlet: gevent.Greenlet) -> None:
+        # A dead worker must take the process down loudly rather than leave a zombie daemon.
+        logger.critical("%s crashed: %r; shutting down", greenlet.name, greenlet.exception)
+        self._failure = greenlet.exception
+        self._stop.set()
+
+    def start(self) -> None:
+        stats = self.outbox.stats()
+        logger.info("fs-crm starting: %d account(s), outbox %d pending, %d set aside", len(self.config.accounts),
+                    stats.pending, stats.failed)
+        self._spawn("esl-listener", self.listener.run)
+        self._spawn("history-sender", self.history.run)
+        self._spawn("housekeeping", self._housekeeping)
+        self.started.set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def wait(self) -> None:
+        self._stop.wait()
+
+    def stop(self) -> None:
+        """Drain and exit: stop listening, let cards and the upload in flight finish, keep the rest on disk."""
+        self._stop.set()
+        self.listener.stop()
+        self.cards.stop()
+        self.history.stop()
+        for greenlet in self._greenlets:
+            greenlet.join(timeout=5.0)
+        gevent.killall([g for g in self._greenlets if not g.dead], timeout=2.0)
+        stats = self.outbox.stats()
+        self.outbox.close()
+        for client in self.clients.values():
+            client.close()
+        logger.info("fs-crm stopped: %d call(s) still queued for the CRM, %d set aside", stats.pending, stats.failed)
+
+    @property
+    def failure(self) -> BaseException | None:
+        return self._failure
+
+    def run_forever(self) -> int:
+        self.start()
+        self.wait()
+        self.stop()
+        return 1 if self._failure is not None else 0

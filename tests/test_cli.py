@@ -1,0 +1,93 @@
+"""The `fs-crm` command line, run as an operator would run it (a subprocess)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from e2e import API_KEY, start_fakes, write_toml
+
+from fs_crm.outbox import Outbox
+
+
+@pytest.fixture
+def fakes():
+    fs, crm = start_fakes()
+    yield fs, crm
+    fs.stop()
+    crm.stop()
+
+
+def fs_crm(*args, env_extra=None, timeout=30):
+    env = {**os.environ, "FS_CRM_ACCOUNT_SHOP_API_KEY": API_KEY, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "fs_crm", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def test_given_working_setup_when_check_then_everything_ok_and_exit_zero(fakes, tmp_path):
+    fs, crm = fakes
+    config = write_toml(tmp_path / "c.toml", fs, crm, tmp_path / "state")
+    result = fs_crm("check", "-c", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "FreeSWITCH %s:%d: OK, authenticated" % (fs.host, fs.port) in result.stdout
+    assert "account shop" in result.stdout and "OK, key valid" in result.stdout
+    assert API_KEY not in result.stdout + result.stderr
+
+
+def test_given_wrong_freeswitch_password_when_check_then_says_so_and_exit_nonzero(fakes, tmp_path):
+    fs, crm = fakes
+    config = write_toml(tmp_path / "c.toml", fs, crm, tmp_path / "state")
+    result = fs_crm("check", "-c", str(config), env_extra={"FS_CRM_FREESWITCH_PASSWORD": "S3cret-pass"})
+    assert result.returncode == 1
+    assert "FAILED" in result.stdout and "refused the event socket password" in result.stdout
+    assert "S3cret-pass" not in result.stdout + result.stderr
+
+
+def test_given_wrong_api_key_when_check_then_account_failed_and_key_not_printed(fakes, tmp_path):
+    fs, crm = fakes
+    config = write_toml(tmp_path / "c.toml", fs, crm, tmp_path / "state")
+    result = fs_crm("check", "-c", str(config), env_extra={"FS_CRM_ACCOUNT_SHOP_API_KEY": "not-the-key-123"})
+    assert result.returncode == 1
+    assert "account shop" in result.stdout and "FAILED" in result.stdout
+    assert "not-the-key-123" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("[freeswitch]\nport = \"x\"\n", "[freeswitch] key 'port': must be an integer"),
+    ("[[accounts]]\nname = \"a\"\n", "[accounts 'a'] key 'crm_url': is required"),
+    ("[bogus]\n", "[bogus]: unknown section"),
+    ("not toml [", "not valid TOML"),
+])
+def test_given_bad_config_when_any_command_then_error_names_file_section_and_key(tmp_path, text, expected):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    result = fs_crm("check", "-c", str(path))
+    assert result.returncode == 2
+    assert str(path) in result.stderr and expected in result.stderr
+
+
+def test_given_missing_config_when_run_then_clear_error():
+    result = fs_crm("run", "-c", "/nonexistent/fs-crm.toml")
+    assert result.returncode == 2
+    assert "/nonexistent/fs-crm.toml" in result.stderr and "file not found" in result.stderr
+
+
+def test_given_calls_set_aside_when_outbox_retry_then_requeued_and_reported(fakes, tmp_path):
+    fs, crm = fakes
+    state = tmp_path / "state"
+    state.mkdir()
+    config = write_toml(tmp_path / "c.toml", fs, crm, state)
+    outbox = Outbox(state / "outbox.sqlite3")
+    outbox.add("shop", "call-1", {"externalId": "call-1"})
+    outbox.add("shop", "call-2", {"externalId": "call-2"})
+    outbox.set_aside(outbox.due("shop")[0].id, "HTTP 400: calls[0][phone] is invalid")
+    outbox.close()
+
+    shown = fs_crm("outbox", "-c", str(config))
+    assert shown.returncode == 0
+    assert "pending: 1" in shown.stdout and "set aside (failed): 1" in shown.stdout
+    assert "call-1" in shown.stdout and "calls[0][phone] is invalid" in shown.stdout
+
+    retried = fs_crm("outbox", "-c", str(config), "--retry")
+    assert retried.returncode == 0
+    assert "requeued 1" in retried.stdout and "pending: 2" in retried.stdout

@@ -1,0 +1,198 @@
+"""The whole service through real sockets: fake FreeSWITCH (ESL over TCP) and fake retailCRM (HTTP)."""
+
+import signal
+
+import pytest
+from e2e import call_id, fresh_call, make_config, spawn_service, start_fakes, wait_until, write_toml
+
+from fs_crm.service import Service
+
+
+@pytest.fixture
+def fakes():
+    fs, crm = start_fakes()
+    yield fs, crm
+    fs.stop()
+    crm.stop()
+
+
+@pytest.fixture
+def service(fakes, state_dir):
+    fs, crm = fakes
+    svc = Service(make_config(fs, crm, state_dir))
+    svc.start()
+    assert fs.wait_subscribed(timeout=10)
+    yield svc
+    svc.stop()
+
+
+def history_ids(crm):
+    return [c["externalId"] for c in crm.calls]
+
+
+def test_given_ring_group_call_when_played_then_crm_gets_cards_and_one_history_record(fakes, service):
+    fs, crm = fakes
+    call = fresh_call("in_answered_ringgroup", "rg")
+    fs.play(call)
+
+    assert crm.wait_for(lambda: len(crm.calls) == 1, timeout=10)
+    record = crm.calls[0]
+    assert record["externalId"] == call_id(call)
+    assert (record["type"], record["result"], record["code"], record["userId"]) == ("in", "answered", "200", 2)
+    assert (record["duration"], record["durationWaiting"], record["site"]) == (3, 2, "shop1")
+    assert crm.wait_for(lambda: len(crm.events) == 3, timeout=5)
+    assert [(e["type"], e["codes"]) for e in crm.events] == [("in", ["100", "200"]), ("hangup", ["100"]),
+                                                            ("hangup", ["200"])]
+    request = next(r for r in crm.requests if r.path.endswith("/calls/upload"))
+    assert request.headers["X-API-KEY"] == "e2e-key"
+    assert request.headers["Content-Type"].startswith("application/x-www-form-urlencoded")
+
+
+def test_given_crm_down_for_a_while_when_it_comes_back_then_every_call_delivered_once_in_order(fakes, service):
+    fs, crm = fakes
+    crm.set_mode("down")
+    calls = [fresh_call(s, "down-%d" % i) for i, s in enumerate(["in_missed", "out_answered", "in_busy", "out_busy"])]
+    for call in calls:
+        fs.play(call)
+    assert wait_until(lambda: sum(1 for r in crm.requests if r.path.endswith("/calls/upload")) >= 2)
+    assert crm.calls == []
+
+    crm.set_mode("ok")
+    assert crm.wait_for(lambda: len(crm.calls) == 4, timeout=10)
+    assert history_ids(crm) == [call_id(c) for c in calls]
+    assert service.outbox.stats().pending == 0
+
+
+@pytest.mark.parametrize("mode", ["html", "rate_limited", "unavailable"])
+def test_given_crm_answering_garbage_when_it_recovers_then_history_arrives(fakes, service, mode):
+    fs, crm = fakes
+    crm.set_mode(mode)
+    call = fresh_call("out_answered", mode)
+    fs.play(call)
+    assert wait_until(lambda: any(r.path.endswith("/calls/upload") for r in crm.requests))
+    crm.set_mode("ok")
+    assert crm.wait_for(lambda: history_ids(crm) == [call_id(call)], timeout=10)
+
+
+def test_given_freeswitch_drops_socket_mid_frame_when_it_comes_back_then_call_completes_once(fakes, service):
+    fs, crm = fakes
+    call = fresh_call("in_answered_ringgroup", "drop")
+    half = len(call) // 2
+    fs.play(call[:half])
+    assert crm.wait_for(lambda: len(crm.events) >= 1, timeout=5)  # the ring-group card went out
+    fs.drop_clients(mid_frame=call[half])
+    assert fs.wait_for(lambda: fs.connections_total >= 2 and fs.authenticated_clients() == 1, timeout=10)
+    assert fs.wait_subscribed(timeout=10)
+    assert wait_until(lambda: any("show channels as json" in cmd for _, cmd in fs.commands))
+
+    fs.play(call[half:])
+    assert crm.wait_for(lambda: len(crm.calls) == 1, timeout=10)
+    assert crm.calls[0]["externalId"] == call_id(call) and crm.calls[0]["result"] == "answered"
+    assert not crm.wait_for(lambda: len(crm.calls) > 1, timeout=1.0)
+
+
+def test_given_freeswitch_down_when_reconnecting_then_backoff_not_a_busy_loop(fakes, state_dir):
+    fs, crm = fakes
+    port = fs.port
+    fs.stop()
+    svc = Service(make_config(fs, crm, state_dir))
+    svc.start()
+    try:
+        assert wait_until(lambda: svc.listener.last_error is not None, timeout=5)
+        first = svc.listener.attempts
+        wait_until(lambda: False, timeout=1.5)
+        # Backoff 0.05 s doubling to 0.5 s (jitter 0.5-1.5x): a handful of tries in 1.5 s, not thousands.
+        assert 1 <= svc.listener.attempts - first <= 15
+        assert svc.listener.connected is False
+        assert "refused" in svc.listener.last_error or str(port) in svc.listener.last_error
+    finally:
+        svc.stop()
+
+
+def test_given_malformed_frames_when_received_then_service_survives_and_later_calls_arrive(fakes, service):
+    fs, crm = fakes
+    fs.send_raw(b"Content-Length: 22\nContent-Type: text/event-plain\n\nUnique-ID: no-name\n\n\n")
+    fs.send_raw(b"Content-Length: 12\nContent-Type: text/unheard-of\n\n0123456789ab")
+    call = fresh_call("out_busy", "after-garbage")
+    fs.play(call)
+    assert crm.wait_for(lambda: history_ids(crm) == [call_id(call)], timeout=10)
+
+    fs.send_raw(b"Content-Length: banana\nContent-Type: text/event-plain\n\n")  # cannot resync: reconnect
+    assert fs.wait_for(lambda: fs.connections_total >= 2, timeout=10)
+    assert fs.wait_subscribed(timeout=10)
+    second = fresh_call("out_answered", "after-reconnect")
+    fs.play(second)
+    assert crm.wait_for(lambda: history_ids(crm) == [call_id(call), call_id(second)], timeout=10)
+
+
+def test_given_internal_call_when_played_then_crm_gets_nothing(fakes, service):
+    fs, crm = fakes
+    fs.play(fresh_call("internal", "int"))
+    marker = fresh_call("out_busy", "marker")
+    fs.play(marker)
+    assert crm.wait_for(lambda: len(crm.calls) == 1, timeout=10)
+    assert history_ids(crm) == [call_id(marker)]
+
+
+def test_given_stale_card_when_crm_slow_then_card_dropped_but_history_kept(fakes, state_dir):
+    fs, crm = fakes
+    svc = Service(make_config(fs, crm, state_dir, card_max_age=0.3, event_read_timeout=0.2))
+    svc.start()
+    try:
+        assert fs.wait_subscribed(timeout=10)
+        crm.set_mode("unavailable")
+        call = fresh_call("in_missed", "stale")
+        fs.play(call)
+        assert wait_until(lambda: svc.cards.dropped >= 1, timeout=5)
+        crm.set_mode("ok")
+        assert crm.wait_for(lambda: history_ids(crm) == [call_id(call)], timeout=10)
+        assert crm.events == []
+    finally:
+        svc.stop()
+
+
+def test_given_fs_crm_run_when_sigterm_then_it_drains_and_exits_zero(fakes, tmp_path):
+    fs, crm = fakes
+    state = tmp_path / "state"
+    config = write_toml(tmp_path / "fs-crm.toml", fs, crm, state)
+    proc = spawn_service(config, tmp_path / "service.log")
+    try:
+        assert fs.wait_subscribed(timeout=20)
+        call = fresh_call("out_answered", "cli")
+        fs.play(call)
+        assert crm.wait_for(lambda: history_ids(crm) == [call_id(call)], timeout=15)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=20)
+    log = (tmp_path / "service.log").read_text()
+    assert code == 0, log
+    assert "fs-crm stopped" in log
+    assert "e2e-key" not in log
+
+
+def test_given_kill_9_mid_upload_when_restarted_then_nothing_lost_and_nothing_doubled(fakes, tmp_path):
+    fs, crm = fakes
+    state = tmp_path / "state"
+    config = write_toml(tmp_path / "fs-crm.toml", fs, crm, state)
+    crm.stall_seconds = 30
+    crm.set_mode("stall")
+    proc = spawn_service(config, tmp_path / "service.log")
+    calls = [fresh_call("in_missed", "k9-%d" % i) for i in range(3)]
+    try:
+        assert fs.wait_subscribed(timeout=20)
+        for call in calls:
+            fs.play(call)
+        assert wait_until(lambda: any(r.path.endswith("/calls/upload") for r in crm.requests), timeout=15)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    crm.set_mode("ok")
+
+    restarted = spawn_service(config, tmp_path / "service.log")
+    try:
+        assert crm.wait_for(lambda: len(crm.calls) == 3, timeout=20), (tmp_path / "service.log").read_text()
+        assert sorted(history_ids(crm)) == sorted(call_id(c) for c in calls)
+        assert not crm.wait_for(lambda: len(crm.calls) > 3, timeout=1.0)
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        assert restarted.wait(timeout=20) == 0
