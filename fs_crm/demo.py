@@ -52,7 +52,8 @@ def _fresh(scenario: str, seed: int) -> list[bytes]:
     bodies = load_capture(capture_path(scenario))
     first = next(int(line.split(b": ", 1)[1]) for line in bodies[0].split(b"\n")
                  if line.startswith(b"Event-Date-Timestamp: "))
-    return renumber_call(bodies, seed="demo-%d" % seed, time_shift_us=int(time.time() * 1e6) - first)
+    shift_us = (int(time.time() * 1e6) - first) // 1_000_000 * 1_000_000  # whole seconds: *_epoch vars stay true
+    return renumber_call(bodies, seed="demo-%d" % seed, time_shift_us=shift_us)
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:

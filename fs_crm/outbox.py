@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FILE_NAME = "outbox.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PENDING = "pending"
 FAILED = "failed"
 
@@ -54,6 +54,14 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (account, external_id)
     ) WITHOUT ROWID;
     CREATE INDEX delivered_age ON delivered (delivered_at);
+    """,
+    # 2: small named documents the service must not lose on a crash (the calls in progress).
+    """
+    CREATE TABLE state (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL,                   -- JSON
+        saved_at REAL NOT NULL
+    ) WITHOUT ROWID
     """,
 )
 
@@ -319,3 +327,23 @@ class Outbox:
         with self._write("prune_delivered") as db:
             return db.execute("DELETE FROM delivered WHERE delivered_at < ?", (older_than,)).rowcount
 
+    # --- service state ----------------------------------------------------------------------------
+
+    def save_state(self, name: str, value: dict) -> None:
+        """Keep a JSON document (e.g. the calls in progress) so a restart after a crash can resume it."""
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        with self._write("save_state %s" % name) as db:
+            db.execute("INSERT INTO state (name, value, saved_at) VALUES (?, ?, ?)"
+                       " ON CONFLICT (name) DO UPDATE SET value = excluded.value, saved_at = excluded.saved_at",
+                       (name, text, self._clock()))
+
+    def load_state(self, name: str) -> dict | None:
+        with self._read("load_state %s" % name) as db:
+            row = db.execute("SELECT value FROM state WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return None
+        try:
+            value = json.loads(row[0])
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 # the reconcile answer arrives; they get this long before being reported with what we know.
 ORPHAN_GRACE_SECONDS = 3.0
 HOUSEKEEPING_INTERVAL = 1.0
+CALLS_IN_PROGRESS = "calls-in-progress"
 
 
 class Service:
@@ -44,6 +45,11 @@ class Service:
         self.cards = CardSender(self.clients, config.delivery, clock=clock)
         self.history = HistorySender(self.outbox, self.clients, config.delivery)
         self.tracker = CallTracker(config.accounts)
+        saved = self.outbox.load_state(CALLS_IN_PROGRESS)
+        if saved:
+            count = self.tracker.restore(saved)
+            logger.info("resumed %d call(s) that were in progress when fs-crm last stopped", count)
+        self._saved_changes = self.tracker.changes
         self.listener = EslListener(config.freeswitch, self.on_event, self.on_connected)
         self.started = gevent.event.Event()
         self._stop = gevent.event.Event()
@@ -87,6 +93,14 @@ class Service:
         while not self._stop.wait(timeout=HOUSEKEEPING_INTERVAL):
             now_us = int(self.clock() * 1_000_000)
             self._apply(self.tracker.expire_orphans(now_us, int(ORPHAN_GRACE_SECONDS * 1_000_000)))
+            self._save_calls_in_progress()
+
+    def _save_calls_in_progress(self) -> None:
+        # At most once a second: a crash loses at most the last second of call progress, never a
+        # finished call (those are in the outbox already).
+        if self.tracker.changes != self._saved_changes:
+            self._saved_changes = self.tracker.changes
+            self.outbox.save_state(CALLS_IN_PROGRESS, self.tracker.snapshot())
 
     # --- lifecycle --------------------------------------------------------------------------
     def _spawn(self, name: str, func: Callable[[], None]) -> None:
@@ -125,11 +139,13 @@ class Service:
         for greenlet in self._greenlets:
             greenlet.join(timeout=5.0)
         gevent.killall([g for g in self._greenlets if not g.dead], timeout=2.0)
+        self._save_calls_in_progress()
         stats = self.outbox.stats()
         self.outbox.close()
         for client in self.clients.values():
             client.close()
-        logger.info("fs-crm stopped: %d call(s) still queued for the CRM, %d set aside", stats.pending, stats.failed)
+        logger.info("fs-crm stopped: %d call(s) still queued for the CRM, %d set aside, %d in progress kept",
+                    stats.pending, stats.failed, self.tracker.active_calls())
 
     @property
     def failure(self) -> BaseException | None:

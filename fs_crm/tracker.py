@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from fs_crm import vocab
 from fs_crm.config import AccountConfig
@@ -127,6 +127,8 @@ class CallTracker:
         # Legs of calls already reported: their straggling events (a DESTROY after the last
         # HANGUP_COMPLETE, a repeat after a reconnect) must not open a second call.
         self._finished_legs: OrderedDict[str, None] = OrderedDict()
+        # Bumped on every change of tracked state, so the service saves a snapshot only when needed.
+        self.changes = 0
 
     # --- event intake ---------------------------------------------------------------------
     def handle(self, event: Event) -> list[CallEvent | CallRecord]:
@@ -140,6 +142,7 @@ class CallTracker:
             return []
         if uuid in self._finished_legs:
             return []
+        self.changes += 1
         call, leg = self._leg_for(uuid, event)
         self._update_leg(leg, event, name)
         call.last_event_us = max(call.last_event_us, _event_time_us(event))
@@ -437,6 +440,7 @@ class CallTracker:
         and finished by `expire_orphans` after a grace time, unless their late events still arrive.
         Live legs we do not know are adopted, so their later events complete a proper record.
         """
+        self.changes += 1
         alive = {ch.uuid for ch in live}
         for call in list(self.calls.values()):
             if any(uuid not in alive and not leg.complete for uuid, leg in call.legs.items()):
@@ -482,6 +486,43 @@ class CallTracker:
 
     def active_calls(self) -> int:
         return len(self.calls)
+
+    # --- surviving a restart ----------------------------------------------------------------
+    SNAPSHOT_VERSION = 1
+
+    def snapshot(self) -> dict:
+        """The calls in progress as plain JSON-able data."""
+        calls = []
+        for call in self.calls.values():
+            data = {f.name: getattr(call, f.name) for f in fields(Call) if f.name != "legs"}
+            data["legs"] = [asdict(leg) for leg in call.legs.values()]
+            calls.append(data)
+        return {"version": self.SNAPSHOT_VERSION, "calls": calls}
+
+    def restore(self, snapshot: dict) -> int:
+        """Take back the calls a previous run was tracking; the first reconcile then tells which
+        of them ended while fs-crm was down. Returns how many calls were restored."""
+        if snapshot.get("version") != self.SNAPSHOT_VERSION:
+            logger.warning("ignoring saved calls in progress: snapshot version %r", snapshot.get("version"))
+            return 0
+        leg_names = {f.name for f in fields(Leg)}
+        call_names = {f.name for f in fields(Call)} - {"legs"}
+        restored = 0
+        for data in snapshot.get("calls", []):
+            try:
+                call = Call(**{k: v for k, v in data.items() if k in call_names})
+                for leg_data in data.get("legs", []):
+                    leg_data = {k: v for k, v in leg_data.items() if k in leg_names}
+                    leg_data["company_candidates"] = tuple(leg_data.get("company_candidates", ()))
+                    leg = Leg(**leg_data)
+                    call.legs[leg.uuid] = leg
+                    self._leg_call[leg.uuid] = call.id
+            except (TypeError, AttributeError) as exc:
+                logger.warning("skipping an unreadable saved call: %s", exc)
+                continue
+            self.calls[call.id] = call
+            restored += 1
+        return restored
 
 
 def parse_live_channels(rows: list[dict]) -> list[LiveChannel]:
@@ -549,14 +590,17 @@ def _durations(customer: Leg, answered: bool) -> tuple[int, int]:
     FreeSWITCH's billsec counts from the leg's answer, which for a caller answered by an IVR or
     a recorder is long before a manager speaks, so talk time counts from the bridge when there is one.
     """
-    total = customer.duration
-    if total is None:
-        total = max(0, (customer.hangup_us // _US) - (customer.created_us // _US)) if customer.created_us else 0
+    # Differences of the microsecond stamps, rounded, are closer to the truth than FreeSWITCH's own
+    # billsec/duration, which subtract epoch seconds truncated separately (off by one either way).
+    if customer.created_us and customer.hangup_us:
+        total = max(0, round((customer.hangup_us - customer.created_us) / _US))
+    else:
+        total = customer.duration or 0
     if not answered:
         return 0, total
     start_us = customer.bridged_us or customer.answered_us
     if start_us and customer.hangup_us:
-        talk = customer.hangup_us // _US - start_us // _US
+        talk = round((customer.hangup_us - start_us) / _US)
     else:
         talk = customer.billsec or 0
     talk = max(0, min(talk, total)) if total else max(0, talk)

@@ -78,7 +78,9 @@ def fresh_call(scenario: str, seed) -> list[bytes]:
     bodies = load_capture(capture_path(scenario))
     first = next(int(line.split(b": ", 1)[1]) for line in bodies[0].split(b"\n")
                  if line.startswith(b"Event-Date-Timestamp: "))
-    return renumber_call(bodies, seed=seed, time_shift_us=int(time.time() * 1e6) - first)
+    # A whole-second shift keeps FreeSWITCH's own *_epoch variables consistent with the microsecond stamps.
+    shift_us = (int(time.time() * 1e6) - first) // 1_000_000 * 1_000_000
+    return renumber_call(bodies, seed=seed, time_shift_us=shift_us)
 
 
 def call_id(bodies: list[bytes]) -> str:

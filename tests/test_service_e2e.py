@@ -196,3 +196,43 @@ def test_given_kill_9_mid_upload_when_restarted_then_nothing_lost_and_nothing_do
     finally:
         restarted.send_signal(signal.SIGTERM)
         assert restarted.wait(timeout=20) == 0
+
+
+def test_given_kill_9_mid_call_when_call_ends_while_down_then_restart_reports_it(fakes, tmp_path):
+    from fs_crm.outbox import Outbox
+
+    fs, crm = fakes
+    state = tmp_path / "state"
+    config = write_toml(tmp_path / "fs-crm.toml", fs, crm, state)
+    call = fresh_call("in_answered_ringgroup", "k9-mid-call")
+    bridged = next(i for i, body in enumerate(call) if b"Event-Name: CHANNEL_BRIDGE\n" in body) + 1
+    proc = spawn_service(config, tmp_path / "service.log")
+    try:
+        assert fs.wait_subscribed(timeout=20)
+        fs.play(call[:bridged])
+        assert crm.wait_for(lambda: len(crm.events) >= 1, timeout=10)
+
+        def saved_in_progress():
+            outbox = Outbox(state / "outbox.sqlite3")
+            try:
+                saved = outbox.load_state("calls-in-progress")
+            finally:
+                outbox.close()
+            return bool(saved and saved["calls"])
+
+        assert wait_until(saved_in_progress, timeout=10)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    fs.play(call[bridged:])  # the call ends while fs-crm is dead: nobody hears these events
+    assert fs.wait_for(lambda: not fs.channels, timeout=5)
+
+    restarted = spawn_service(config, tmp_path / "service.log")
+    try:
+        assert crm.wait_for(lambda: len(crm.calls) == 1, timeout=20), (tmp_path / "service.log").read_text()
+        record = crm.calls[0]
+        assert record["externalId"] == call_id(call)
+        assert (record["type"], record["result"], record["code"]) == ("in", "answered", "200")
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        assert restarted.wait(timeout=20) == 0

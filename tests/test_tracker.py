@@ -1,12 +1,14 @@
 """Call tracking and mapping, driven by the real FreeSWITCH 1.11 streams in tests/fixtures/pbx."""
 
+import json
 from pathlib import Path
 
 import pytest
 
 from fs_crm.config import parse_config
-from fs_crm.eslparse import iter_frames, parse_event
+from fs_crm.eslparse import iter_frames, parse_event, parse_event_plain
 from fs_crm.payloads import CallEvent, CallRecord
+from fs_crm.sim.fake_freeswitch import capture_path, load_capture, renumber_call
 from fs_crm.tracker import CallTracker, LiveChannel
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pbx"
@@ -202,3 +204,32 @@ def test_given_event_without_unique_id_when_tracked_then_ignored():
                                          b"Event-Name: CHANNEL_CREATE\n\n")))
     tracker = CallTracker(accounts(SHOP))
     assert tracker.handle(event) == []
+
+
+@pytest.mark.parametrize("shift_us", [0, 123_456, 999_999, 3_600_000_000 + 500_000])
+def test_given_call_at_any_sub_second_offset_when_recorded_then_same_durations(shift_us):
+    bodies = renumber_call(load_capture(capture_path("in_answered_ringgroup")), seed="shift", time_shift_us=shift_us)
+    events = [parse_event_plain(b) for b in bodies]
+    _, _, records = play(events)
+    assert (records[0]["duration"], records[0]["durationWaiting"]) == (3, 2)
+
+
+def test_given_tracker_snapshot_when_restored_in_new_tracker_then_call_finishes_as_if_never_stopped():
+    events = events_of("in_answered_ringgroup")
+    split = next(i for i, e in enumerate(events) if e.name == "CHANNEL_BRIDGE") + 1
+    first, cards_before, _ = play(events[:split])
+    snapshot = first.snapshot()
+
+    second = CallTracker(accounts(SHOP))
+    assert second.restore(json.loads(json.dumps(snapshot))) == 1
+    _, cards_after, records = play(events[split:], second)
+
+    _, all_cards, expected = play(events)
+    assert records == expected
+    assert card_summary(cards_before + cards_after) == card_summary(all_cards)
+
+
+def test_given_snapshot_of_other_version_when_restored_then_ignored():
+    tracker = CallTracker(accounts(SHOP))
+    assert tracker.restore({"version": 99, "calls": [{"id": "x"}]}) == 0
+    assert tracker.active_calls() == 0
