@@ -34,11 +34,7 @@ ROLE_EXTERNAL = "external"  # the carrier side: the customer
 ROLE_OTHER = "other"  # loopback and other helper channels; never a party of the CRM call
 
 _RINGING_EVENTS = frozenset({vocab.CHANNEL_PROGRESS, vocab.CHANNEL_PROGRESS_MEDIA, vocab.CHANNEL_ANSWER})
-_CHANNEL_EVENTS = frozenset({
-    vocab.CHANNEL_CREATE, vocab.CHANNEL_PROGRESS, vocab.CHANNEL_PROGRESS_MEDIA, vocab.CHANNEL_ANSWER,
-    vocab.CHANNEL_BRIDGE, vocab.CHANNEL_UNBRIDGE, vocab.CHANNEL_HANGUP, vocab.CHANNEL_HANGUP_COMPLETE,
-    vocab.CHANNEL_DESTROY, vocab.RECORD_START, vocab.RECORD_STOP,
-})
+_CHANNEL_EVENTS = frozenset(vocab.TRACKED_EVENTS)
 _US = 1_000_000
 FINISHED_LEGS_REMEMBERED = 50_000
 

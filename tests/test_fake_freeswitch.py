@@ -4,13 +4,13 @@ import json
 import re
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import gevent
 import gevent.event
 import gevent.server
 import pytest
 
-from fs_crm import vocab
 from fs_crm.sim.fake_freeswitch import (
     FakeFreeswitch,
     PlainEvent,
@@ -113,7 +113,8 @@ def client(fake):
         c.close()
 
 
-SUBSCRIBE = vocab.subscribe_command()
+# What the client that recorded the pbx captures subscribed to (captures/pbx/*.sent.txt).
+SUBSCRIBE = (Path(__file__).parent / "fixtures" / "pbx" / "in_answered_ringgroup.sent.txt").read_text().split("\n\n")[1].strip()
 
 
 def subscribed(connect, command=SUBSCRIBE):
