@@ -5,17 +5,9 @@ import subprocess
 import sys
 
 import pytest
-from e2e import API_KEY, start_fakes, write_toml
+from e2e import API_KEY, write_toml
 
 from fs_crm.outbox import Outbox
-
-
-@pytest.fixture
-def fakes():
-    fs, crm = start_fakes()
-    yield fs, crm
-    fs.stop()
-    crm.stop()
 
 
 def fs_crm(*args, env_extra=None, timeout=30):

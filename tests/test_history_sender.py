@@ -16,14 +16,6 @@ from fs_crm.outbox import FILE_NAME, Outbox
 ACME = "acme"
 
 
-class FakeClock:
-    def __init__(self, now=1_700_000_000.0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-
 class FakeCrm:
     """Records every upload; stores accepted calls once, like retailCRM deduplicating by externalId."""
 
@@ -85,18 +77,6 @@ def wait_until(condition, timeout=3.0):
     while not condition():
         assert gevent.get_hub().loop.now() < deadline, "condition not met within %.1f s" % timeout
         gevent.sleep(0.005)
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def outbox(state_dir, clock):
-    box = Outbox(state_dir / FILE_NAME, clock=clock)
-    yield box
-    box.close()
 
 
 @pytest.fixture

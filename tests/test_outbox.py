@@ -15,29 +15,9 @@ from fs_crm.outbox import FILE_NAME, SCHEMA_VERSION, Outbox, OutboxError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-class FakeClock:
-    def __init__(self, now=1_700_000_000.0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-
 def call(external_id, phone="79001234567"):
     return {"date": "2024-05-01 10:00:00", "type": "in", "phone": phone, "result": "answered",
             "duration": 12, "durationWaiting": 3, "externalId": external_id}
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def outbox(state_dir, clock):
-    box = Outbox(state_dir / FILE_NAME, clock=clock)
-    yield box
-    box.close()
 
 
 def fill(outbox, account, count, prefix="call"):

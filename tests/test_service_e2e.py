@@ -3,17 +3,9 @@
 import signal
 
 import pytest
-from e2e import call_id, fresh_call, make_config, spawn_service, start_fakes, wait_until, write_toml
+from e2e import call_id, fresh_call, make_config, spawn_service, wait_until, write_toml
 
 from fs_crm.service import Service
-
-
-@pytest.fixture
-def fakes():
-    fs, crm = start_fakes()
-    yield fs, crm
-    fs.stop()
-    crm.stop()
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import gevent.event
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from fs_crm import vocab
+from fs_crm.sim import wait_for
 
 logger = logging.getLogger(__name__)
 
@@ -176,12 +177,7 @@ class FakeCrm:
             self._failures.extend(_Failure(status, body, content_type) for _ in range(n))
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() >= deadline:
-                return False
-            gevent.sleep(0.01)
-        return True
+        return wait_for(predicate, timeout)
 
     # --- HTTP ----------------------------------------------------------------------------------
 

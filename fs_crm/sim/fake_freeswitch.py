@@ -34,6 +34,7 @@ import gevent.queue
 import gevent.server
 import gevent.socket
 
+from fs_crm.sim import wait_for
 from fs_crm.vocab import (
     API_RESPONSE,
     AUTH_REQUEST,
@@ -1137,12 +1138,7 @@ class FakeFreeswitch:
         return sum(1 for c in self._connections if c.is_open and c.authed)
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() >= deadline:
-                return False
-            gevent.sleep(0.01)
-        return True
+        return wait_for(predicate, timeout)
 
     def wait_subscribed(self, timeout: float = 10.0) -> bool:
         """Until at least one client has authenticated and subscribed to some events."""
