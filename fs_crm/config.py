@@ -74,6 +74,24 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    # None: no storage configured; recordings are ignored and no call waits for one.
+    backend: str | None = None  # "s3" | "local"
+    bucket: str | None = None
+    region: str | None = None
+    endpoint_url: str | None = None  # S3-compatible stores (MinIO, Ceph, Yandex Object Storage...)
+    prefix: str = ""
+    directory: Path | None = None  # backend "local"
+    # Signs recording URLs; generated once into the state dir when not given. Playback servers
+    # run on their own (horizontal scaling) need the same value.
+    url_secret: str | None = field(default=None, repr=False)
+    # How long a call's history waits for its recording to be stored before going without it.
+    max_wait: float = 600.0
+    # Remove FreeSWITCH's file once the store has confirmed the object.
+    delete_local: bool = True
+
+
+@dataclass(frozen=True)
 class AccountConfig:
     name: str
     crm_url: str
@@ -121,6 +139,7 @@ class Config:
     delivery: DeliveryConfig
     accounts: tuple[AccountConfig, ...]
     log_level: str = "INFO"
+    storage: StorageConfig = StorageConfig()
 
     def account(self, name: str) -> AccountConfig:
         for acc in self.accounts:
@@ -129,7 +148,7 @@ class Config:
         raise KeyError(name)
 
 
-_SECTIONS = {"freeswitch", "http", "state", "delivery", "accounts", "logging"}
+_SECTIONS = {"freeswitch", "http", "state", "delivery", "accounts", "logging", "storage"}
 
 
 class _Reader:
@@ -156,6 +175,9 @@ class _Reader:
         if not isinstance(value, kinds):
             raise self.error(key, "must be %s, got %r" % (kind_name, value))
         return value
+
+    def bool(self, key: str, default: Any) -> bool:
+        return self._get(key, default, (bool,), "true or false")
 
     def str(self, key: str, default: Any = None, *, non_empty: bool = True) -> str:
         value = self._get(key, default, (str,), "a string")
@@ -194,8 +216,9 @@ def _parse_url(reader: _Reader, key: str, value: str) -> str:
 def _load_account(path: str, index: int, table: Any, env: Mapping[str, str]) -> AccountConfig:
     r = _Reader(path, "accounts[%d]" % index, table)
     name = r.str("name", _REQUIRED)
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise r.error("name", "may hold only letters, digits, '_', '.', '-', got %r" % name)
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+        raise r.error("name", "must be 1-64 letters, digits, '_' or '-' (it names files and env variables), got %r"
+                      % name)
     r.section = "accounts %r" % name
     crm_url = _parse_url(r, "crm_url", r.str("crm_url", _REQUIRED))
     env_key = api_key_env_name(name)
@@ -297,6 +320,8 @@ def parse_config(path: str, data: Mapping[str, Any], env: Mapping[str, str] | No
         raise r.error("level", "must be one of DEBUG, INFO, WARNING, ERROR, got %r" % level)
     r.check_unknown()
 
+    storage = _load_storage(_Reader(path, "storage", data.get("storage", {})), state.dir)
+
     raw_accounts = data.get("accounts")
     if not raw_accounts:
         raise ConfigError(path, "accounts", None, "at least one [[accounts]] table is required")
@@ -318,7 +343,39 @@ def parse_config(path: str, data: Mapping[str, Any], env: Mapping[str, str] | No
                 raise ConfigError(path, "accounts %r" % a.name, "domain",
                                   "two accounts share domain %r; calls could not be told apart" % a.domain)
     return Config(path=path, freeswitch=freeswitch, http=http, state=state, delivery=delivery,
-                  accounts=accounts, log_level=level)
+                  accounts=accounts, log_level=level, storage=storage)
+
+
+def _load_storage(r: _Reader, state_dir: Path) -> StorageConfig:
+    if not r.table:
+        return StorageConfig()
+    bucket = r.str("bucket", None)
+    backend = r.str("backend", "s3" if bucket else None)
+    if backend not in ("s3", "local"):
+        raise r.error("backend", "must be \"s3\" or \"local\", got %r" % backend if backend
+                      else "is required: set bucket (S3) or backend = \"local\"")
+    if backend == "s3" and not bucket:
+        raise r.error("bucket", "is required for S3 storage")
+    endpoint_url = r.str("endpoint_url", None)
+    if endpoint_url is not None:
+        endpoint_url = _parse_url(r, "endpoint_url", endpoint_url)
+    prefix = r.str("prefix", "", non_empty=False).strip("/")
+    if prefix and not re.fullmatch(r"[A-Za-z0-9_.\-/]+", prefix):
+        raise r.error("prefix", "may hold only letters, digits and _ . - /, got %r" % prefix)
+    directory = r.str("directory", None)
+    if backend == "s3" and directory:
+        raise r.error("directory", "is for backend = \"local\"; S3 storage uses bucket and prefix")
+    secret = r.str("url_secret", None)
+    if secret is not None and len(secret) < 16:
+        raise r.error("url_secret", "must be at least 16 characters")
+    config = StorageConfig(
+        backend=backend, bucket=bucket, region=r.str("region", None), endpoint_url=endpoint_url, prefix=prefix,
+        directory=(Path(directory) if directory else state_dir / "recordings") if backend == "local" else None,
+        url_secret=secret, max_wait=r.number("max_wait", StorageConfig.max_wait, minimum=0),
+        delete_local=r.bool("delete_local", True),
+    )
+    r.check_unknown()
+    return config
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:

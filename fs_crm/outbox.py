@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FILE_NAME = "outbox.sqlite3"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 PENDING = "pending"
+HELD = "held"
 FAILED = "failed"
 
 # How long a writer waits for the file lock before giving up; only fs-crm writes this file, so
@@ -63,9 +64,56 @@ _MIGRATIONS: tuple[str, ...] = (
         saved_at REAL NOT NULL
     ) WITHOUT ROWID
     """,
+    # 3: calls held back while their recording is stored ('held'), and the recording upload queue.
+    # SQLite cannot widen a CHECK constraint in place, so the queue table is rebuilt.
+    """
+    CREATE TABLE outbox_v3 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        account TEXT NOT NULL,
+        external_id TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'failed', 'held')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        next_attempt_at REAL NOT NULL,         -- for 'held': when to give up waiting for the recording
+        last_error TEXT,
+        UNIQUE (account, external_id)
+    );
+    INSERT INTO outbox_v3 SELECT id, account, external_id, payload, state, attempts, created_at,
+        next_attempt_at, last_error FROM outbox;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_v3 RENAME TO outbox;
+    CREATE INDEX outbox_queue ON outbox (account, state, id);
+    CREATE TABLE recordings (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        account TEXT NOT NULL,
+        external_id TEXT NOT NULL,             -- the call whose history waits for this file
+        path TEXT NOT NULL,                    -- where FreeSWITCH wrote it
+        name TEXT NOT NULL,                    -- object name in the store
+        content_type TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        next_attempt_at REAL NOT NULL,
+        last_error TEXT,
+        UNIQUE (account, external_id)
+    )
+    """,
 )
 
 _COLUMNS = "id, account, external_id, payload, attempts, created_at, last_error, state, next_attempt_at"
+
+
+@dataclass(frozen=True)
+class RecordingJob:
+    id: int
+    account: str
+    external_id: str
+    path: str
+    name: str
+    content_type: str
+    attempts: int
+    created_at: float
+    last_error: str | None
 
 
 class OutboxError(Exception):
@@ -94,6 +142,8 @@ class OutboxStats:
     delivered_recently: int
     pending_by_account: dict[str, int] = field(default_factory=dict)
     failed_by_account: dict[str, int] = field(default_factory=dict)
+    held: int = 0  # calls waiting for their recording to be stored
+    recordings: int = 0  # recording files not yet confirmed by the store
 
 
 class Outbox:
@@ -314,13 +364,15 @@ class Outbox:
             oldest = db.execute("SELECT MIN(created_at) FROM outbox WHERE state = 'pending'").fetchone()[0]
             delivered = db.execute("SELECT COUNT(*) FROM delivered WHERE delivered_at >= ?",
                                    (since,)).fetchone()[0]
-        by_state: dict[str, dict[str, int]] = {PENDING: {}, FAILED: {}}
+            recordings = db.execute("SELECT COUNT(*) FROM recordings").fetchone()[0]
+        by_state: dict[str, dict[str, int]] = {PENDING: {}, FAILED: {}, HELD: {}}
         for account, state, count in counts:
             by_state[state][account] = count
         return OutboxStats(
             pending=sum(by_state[PENDING].values()), failed=sum(by_state[FAILED].values()),
             oldest_pending_at=oldest, delivered_recently=delivered,
-            pending_by_account=by_state[PENDING], failed_by_account=by_state[FAILED])
+            pending_by_account=by_state[PENDING], failed_by_account=by_state[FAILED],
+            held=sum(by_state[HELD].values()), recordings=recordings)
 
     def prune_delivered(self, older_than: float) -> int:
         """Forget delivered ids whose delivery time (epoch seconds) is before `older_than`."""
@@ -347,3 +399,75 @@ class Outbox:
         except ValueError:
             return None
         return value if isinstance(value, dict) else None
+
+    # --- calls waiting for their recording ----------------------------------------------------
+
+    def add_with_recording(self, account: str, external_id: str, payload: dict, *, path: str, name: str,
+                           content_type: str, hold_until: float) -> bool:
+        """Queue a call held back until its recording is stored (or `hold_until` passes), and the
+        recording's upload job, in one transaction: neither exists without the other."""
+        text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+        now = self._clock()
+        with self._write("add_with_recording %s/%s" % (account, external_id)) as db:
+            if db.execute("SELECT 1 FROM delivered WHERE account = ? AND external_id = ?",
+                          (account, external_id)).fetchone():
+                return False
+            cur = db.execute(
+                "INSERT INTO outbox (account, external_id, payload, state, created_at, next_attempt_at)"
+                " VALUES (?, ?, ?, 'held', ?, ?) ON CONFLICT (account, external_id) DO NOTHING",
+                (account, external_id, text, now, hold_until))
+            if cur.rowcount != 1:
+                return False
+            db.execute("INSERT INTO recordings (account, external_id, path, name, content_type, created_at,"
+                       " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                       " ON CONFLICT (account, external_id) DO NOTHING",
+                       (account, external_id, path, name, content_type, now, now))
+            return True
+
+    def release(self, account: str, external_id: str, updates: dict | None = None) -> bool:
+        """A held call may go to the CRM now, with `updates` (e.g. recordUrl) merged into it.
+        False when it was not held (already released, or delivered)."""
+        with self._write("release %s/%s" % (account, external_id)) as db:
+            return self._release(db, account, external_id, updates)
+
+    def _release(self, db: sqlite3.Connection, account: str, external_id: str, updates: dict | None) -> bool:
+        row = db.execute("SELECT id, payload FROM outbox WHERE account = ? AND external_id = ? AND state = 'held'",
+                         (account, external_id)).fetchone()
+        if row is None:
+            return False
+        payload = json.loads(row[1])
+        payload.update(updates or {})
+        db.execute("UPDATE outbox SET state = 'pending', payload = ?, next_attempt_at = ? WHERE id = ?",
+                   (json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True),
+                    self._clock(), row[0]))
+        return True
+
+    def expired_holds(self) -> list[OutboxItem]:
+        """Held calls whose wait for a recording is over."""
+        with self._read("expired_holds") as db:
+            rows = db.execute("SELECT %s FROM outbox WHERE state = 'held' AND next_attempt_at <= ? ORDER BY id"
+                              % _COLUMNS, (self._clock(),)).fetchall()
+        return [self._item(row) for row in rows]
+
+    def due_recordings(self, limit: int = 10) -> list[RecordingJob]:
+        with self._read("due_recordings") as db:
+            rows = db.execute("SELECT id, account, external_id, path, name, content_type, attempts, created_at,"
+                              " last_error FROM recordings WHERE next_attempt_at <= ? ORDER BY id LIMIT ?",
+                              (self._clock(), limit)).fetchall()
+        return [RecordingJob(*row) for row in rows]
+
+    def next_recording_due_at(self) -> float | None:
+        with self._read("next_recording_due_at") as db:
+            return db.execute("SELECT MIN(next_attempt_at) FROM recordings").fetchone()[0]
+
+    def defer_recording(self, job_id: int, delay: float, error: str) -> None:
+        with self._write("defer_recording") as db:
+            db.execute("UPDATE recordings SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
+                       " WHERE id = ?", (self._clock() + max(0.0, delay), error[:MAX_ERROR_LEN], job_id))
+
+    def finish_recording(self, job: RecordingJob, updates: dict | None = None) -> bool:
+        """The job is over (stored, or the file is gone): drop it and release its call, in one
+        transaction. Returns whether the call was still held (False: it already went without)."""
+        with self._write("finish_recording %s/%s" % (job.account, job.external_id)) as db:
+            db.execute("DELETE FROM recordings WHERE id = ?", (job.id,))
+            return self._release(db, job.account, job.external_id, updates)

@@ -62,6 +62,8 @@ class CallRecord:
     external_phone: str | None = None
     site: str | None = None
     record_url: str | None = None
+    # Where FreeSWITCH wrote the call's recording; not sent to the CRM (recordUrl is, once stored).
+    recording_path: str | None = None
 
     def __post_init__(self) -> None:
         if self.type not in vocab.UPLOAD_TYPES:

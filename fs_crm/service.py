@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Callable
 
 import gevent
@@ -16,9 +18,15 @@ from fs_crm.crm import CrmClient, RateLimiter
 from fs_crm.esl import EslConnection, EslError, EslListener
 from fs_crm.eslparse import Event
 from fs_crm.history import HistorySender
+from fs_crm.http import HttpServer, build_app
 from fs_crm.outbox import Outbox
 from fs_crm.payloads import CallEvent, CallRecord
+from fs_crm.recording_uploads import RecordingUploader
 from fs_crm.tracker import CallTracker, parse_live_channels
+from recordings.base import RecordingStore, content_type_of
+from recordings.local import LocalStore
+from recordings.playback import make_app as make_playback_app
+from recordings.tokens import RecordingLinks, TokenCodec, load_secret, recording_name
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +59,17 @@ class Service:
             logger.info("resumed %d call(s) that were in progress when fs-crm last stopped", count)
         self._saved_changes = self.tracker.changes
         self.listener = EslListener(config.freeswitch, self.on_event, self.on_connected)
+        self.store: RecordingStore | None = None
+        self.recordings: RecordingUploader | None = None
+        parts = []
+        if config.storage.backend:
+            self.store = build_store(config)
+            codec = TokenCodec(load_secret(config.storage.url_secret, config.state.dir))
+            self.recordings = RecordingUploader(self.outbox, self.store,
+                                                RecordingLinks(config.http.public_url, codec), config.storage,
+                                                config.delivery, on_released=self.history.wake, clock=clock)
+            parts.append(make_playback_app(self.store, codec, {a.name: a.client_id for a in config.accounts}))
+        self.http = HttpServer(config.http, build_app(self.health, *parts))
         self.started = gevent.event.Event()
         self._stop = gevent.event.Event()
         self._failure: BaseException | None = None
@@ -64,13 +83,37 @@ class Service:
         for effect in effects:
             if isinstance(effect, CallEvent):
                 self.cards.submit(effect)
-            else:
-                # History is on disk before anything else happens to it.
-                if self.outbox.add(effect.account, effect.external_id, effect.to_api()):
-                    self.history.wake()
-                else:
-                    logger.info("call %s account %s: already queued or delivered; not queued again",
-                                effect.external_id, effect.account)
+            elif not self._queue_history(effect):
+                logger.info("call %s account %s: already queued or delivered; not queued again",
+                            effect.external_id, effect.account)
+
+    def _queue_history(self, record: CallRecord) -> bool:
+        """History is on disk before anything else happens to it. A call with a recording waits
+        (held) until the recording is stored, at most storage.max_wait."""
+        name = self._recording_name(record)
+        if name is None:
+            added = self.outbox.add(record.account, record.external_id, record.to_api())
+            if added:
+                self.history.wake()
+            return added
+        added = self.outbox.add_with_recording(
+            record.account, record.external_id, record.to_api(), path=record.recording_path, name=name,
+            content_type=content_type_of(record.recording_path),
+            hold_until=self.clock() + self.config.storage.max_wait)
+        if added and self.recordings is not None:
+            self.recordings.wake()
+        return added
+
+    def _recording_name(self, record: CallRecord) -> str | None:
+        if not record.recording_path or self.recordings is None:
+            return None
+        try:
+            return recording_name(record.account, record.external_id, dt.date.fromisoformat(record.date[:10]),
+                                  Path(record.recording_path).suffix)
+        except ValueError:
+            logger.warning("call %s account %s: recording %s is not mp3, wav, ogg or opus; the call goes without it",
+                           record.external_id, record.account, record.recording_path)
+            return None
 
     def on_connected(self, conn: EslConnection) -> None:
         """After every (re)connect: learn which calls are still alive so none is lost or doubled."""
@@ -94,6 +137,16 @@ class Service:
             now_us = int(self.clock() * 1_000_000)
             self._apply(self.tracker.expire_orphans(now_us, int(ORPHAN_GRACE_SECONDS * 1_000_000)))
             self._save_calls_in_progress()
+            self._give_up_waiting_for_recordings()
+
+    def _give_up_waiting_for_recordings(self) -> None:
+        for item in self.outbox.expired_holds():
+            if self.outbox.release(item.account, item.external_id):
+                logger.warning("call %s account %s: recording not stored within %.0fs (storage: %s); the call "
+                               "goes to the CRM without a recordUrl", item.external_id, item.account,
+                               self.config.storage.max_wait,
+                               self.recordings.last_error if self.recordings else "not configured")
+                self.history.wake()
 
     def _save_calls_in_progress(self) -> None:
         # At most once a second: a crash loses at most the last second of call progress, never a
@@ -119,9 +172,12 @@ class Service:
         stats = self.outbox.stats()
         logger.info("fs-crm starting: %d account(s), outbox %d pending, %d set aside", len(self.config.accounts),
                     stats.pending, stats.failed)
+        self.http.start()
         self._spawn("esl-listener", self.listener.run)
         self._spawn("history-sender", self.history.run)
         self._spawn("housekeeping", self._housekeeping)
+        if self.recordings is not None:
+            self._spawn("recording-uploader", self.recordings.run)
         self.started.set()
 
     def request_stop(self) -> None:
@@ -134,7 +190,10 @@ class Service:
         """Drain and exit: stop listening, let cards and the upload in flight finish, keep the rest on disk."""
         self._stop.set()
         self.listener.stop()
+        self.http.stop()
         self.cards.stop()
+        if self.recordings is not None:
+            self.recordings.stop()
         self.history.stop()
         for greenlet in self._greenlets:
             greenlet.join(timeout=5.0)
@@ -147,6 +206,19 @@ class Service:
         logger.info("fs-crm stopped: %d call(s) still queued for the CRM, %d set aside, %d in progress kept",
                     stats.pending, stats.failed, self.tracker.active_calls())
 
+    def health(self) -> tuple[bool, dict]:
+        stats = self.outbox.stats()
+        details = {
+            "esl_connected": self.listener.connected,
+            "esl_last_error": self.listener.last_error,
+            "calls_in_progress": self.tracker.active_calls(),
+            "outbox": {"pending": stats.pending, "failed": stats.failed, "held": stats.held,
+                       "recordings": stats.recordings, "oldest_pending_at": stats.oldest_pending_at},
+            "accounts": {name: {"last_card_error": self.cards.last_error.get(name)} for name in self.clients},
+            "storage": None if self.recordings is None else {"last_error": self.recordings.last_error},
+        }
+        return self.listener.connected, details
+
     @property
     def failure(self) -> BaseException | None:
         return self._failure
@@ -156,3 +228,13 @@ class Service:
         self.wait()
         self.stop()
         return 1 if self._failure is not None else 0
+
+
+def build_store(config: Config) -> RecordingStore:
+    storage = config.storage
+    if storage.backend == "s3":
+        from recordings.s3 import S3Store  # boto3 loads only when S3 is configured
+
+        return S3Store(storage.bucket, region=storage.region, endpoint_url=storage.endpoint_url,
+                       prefix=storage.prefix)
+    return LocalStore(storage.directory)

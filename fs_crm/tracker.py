@@ -61,6 +61,8 @@ class Leg:
     crm_phone: str | None = None
     crm_external_phone: str | None = None
     company_candidates: tuple[str, ...] = ()
+    recording: str | None = None
+    discarded_recordings: tuple[str, ...] = ()
     hung_up: bool = False
     complete: bool = False  # CHANNEL_HANGUP_COMPLETE seen (or the leg was found gone)
     carded: bool = False  # an `in` card named this leg's extension
@@ -196,6 +198,7 @@ class CallTracker:
                           ("crm_external_phone", vocab.V_CRM_EXTERNAL_PHONE)):
             if getattr(leg, attr) is None and event.get(var):
                 setattr(leg, attr, event.get(var))
+        self._note_recording(leg, event, name)
         created = event.int(vocab.H_CREATED_TIME)
         if created:
             leg.created_us = created
@@ -221,6 +224,25 @@ class CallTracker:
                 leg.billsec = int(billsec)
             if duration is not None and duration.isdigit():
                 leg.duration = int(duration)
+
+    @staticmethod
+    def _note_recording(leg: Leg, event: Event, name: str) -> None:
+        if name == vocab.RECORD_STOP:
+            path = event.get(vocab.H_RECORD_FILE_PATH)
+            if not path:
+                return
+            if (event.get(vocab.V_RECORD_DISCARDED) == "true"
+                    or event.get(vocab.H_RECORD_COMPLETION_CAUSE) in vocab.RECORD_DISCARD_CAUSES):
+                # FreeSWITCH deleted the file (empty or too short): there is nothing to upload.
+                leg.discarded_recordings += (path,)
+                if leg.recording == path:
+                    leg.recording = None
+            elif leg.recording is None:
+                leg.recording = path
+            return
+        path = event.get(vocab.V_CRM_RECORDING)
+        if path and leg.recording is None and path not in leg.discarded_recordings:
+            leg.recording = path
 
     def _classify(self, leg: Leg, event: Event) -> None:
         if event.get(vocab.V_IS_LOOPBACK) or leg.channel_name.startswith("loopback/"):
@@ -421,11 +443,14 @@ class CallTracker:
         root = call.root or customer
         external_phone, site = self._company_number(call, customer, account)
         code = handler.extension if handler else None
+        recordings = [leg.recording for leg in sorted(call.legs.values(), key=lambda x: x.uuid != call.id)
+                      if leg.recording]
         return CallRecord(
             account=account.name, external_id=call.id, date=_local_time(root.created_us, account),
             type=direction, phone=self._customer_phone(call, direction, customer), result=result,
             duration=talk, duration_waiting=waited, code=code,
             user_id=account.user_id_of(code) if code else None, external_phone=external_phone, site=site,
+            recording_path=recordings[0] if recordings else None,
         )
 
     # --- after a reconnect ------------------------------------------------------------------
@@ -509,7 +534,8 @@ class CallTracker:
                 call = Call(**{k: v for k, v in data.items() if k in call_names})
                 for leg_data in data.get("legs", []):
                     leg_data = {k: v for k, v in leg_data.items() if k in leg_names}
-                    leg_data["company_candidates"] = tuple(leg_data.get("company_candidates", ()))
+                    for name in ("company_candidates", "discarded_recordings"):
+                        leg_data[name] = tuple(leg_data.get(name, ()))
                     leg = Leg(**leg_data)
                     call.legs[leg.uuid] = leg
                     self._leg_call[leg.uuid] = call.id

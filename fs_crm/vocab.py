@@ -25,7 +25,7 @@ SOFIA_EXPIRE = "sofia::expire"
 # jobs, registrations) add their events here.
 TRACKED_EVENTS = (
     CHANNEL_CREATE, CHANNEL_PROGRESS, CHANNEL_PROGRESS_MEDIA, CHANNEL_ANSWER, CHANNEL_BRIDGE,
-    CHANNEL_HANGUP, CHANNEL_HANGUP_COMPLETE, CHANNEL_DESTROY,
+    CHANNEL_HANGUP, CHANNEL_HANGUP_COMPLETE, CHANNEL_DESTROY, RECORD_STOP,
 )
 SUBSCRIBED_EVENTS = TRACKED_EVENTS
 SUBSCRIBED_CUSTOM: tuple[str, ...] = ()
@@ -69,6 +69,7 @@ H_ANSWERED_TIME = "Caller-Channel-Answered-Time"
 H_BRIDGED_TIME = "Caller-Channel-Bridged-Time"
 H_HANGUP_TIME = "Caller-Channel-Hangup-Time"
 H_RECORD_FILE_PATH = "Record-File-Path"
+H_RECORD_COMPLETION_CAUSE = "Record-Completion-Cause"
 H_JOB_UUID = "Job-UUID"
 
 V_DIALED_USER = "variable_dialed_user"
@@ -84,6 +85,11 @@ V_RECORD_DISCARDED = "variable_RECORD_DISCARDED"
 V_CRM_DIRECTION = "variable_crm_direction"
 V_CRM_PHONE = "variable_crm_phone"
 V_CRM_EXTERNAL_PHONE = "variable_crm_external_phone"
+# Set by the recording dialplan snippet (conf/freeswitch/) before record_session: the file, should
+# its RECORD_STOP be missed (fs-crm restarting, a dropped socket).
+V_CRM_RECORDING = "variable_crm_recording_path"
+# RECORD_STOP completion causes after which FreeSWITCH deleted (or never wrote) the file.
+RECORD_DISCARD_CAUSES = frozenset({"empty-file", "input-too-short", "uri-failure"})
 
 # --- retailCRM enums ----------------------------------------------------------------------------
 EVENT_IN = "in"

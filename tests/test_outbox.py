@@ -308,3 +308,51 @@ def test_given_closed_outbox_when_used_then_outbox_error(state_dir):
 
     with pytest.raises(OutboxError, match="closed"):
         box.add("acme", "call-1", call("call-1"))
+
+
+# --- calls held for their recording --------------------------------------------------------------
+
+def hold(outbox, clock, external_id="c-rec", wait=600.0):
+    return outbox.add_with_recording("shop", external_id, call(external_id), path="/srv/rec/%s.wav" % external_id,
+                                     name="shop/2026/11/26/%s.wav" % external_id, content_type="audio/wav",
+                                     hold_until=clock.now + wait)
+
+
+def test_given_call_held_for_recording_when_due_then_not_sent_and_not_blocking_later_calls(outbox, clock):
+    assert hold(outbox, clock)
+    outbox.add("shop", "c-plain", call("c-plain"))
+    assert [i.external_id for i in outbox.due("shop")] == ["c-plain"]
+    stats = outbox.stats()
+    assert (stats.held, stats.recordings, stats.pending) == (1, 1, 1)
+
+
+def test_given_recording_stored_when_finished_then_call_released_with_record_url(outbox, clock):
+    hold(outbox, clock)
+    job = outbox.due_recordings()[0]
+    assert (job.path, job.name, job.content_type) == ("/srv/rec/c-rec.wav", "shop/2026/11/26/c-rec.wav", "audio/wav")
+    assert outbox.finish_recording(job, {"recordUrl": "https://x/records/t"}) is True
+    item = outbox.due("shop")[0]
+    assert item.payload["recordUrl"] == "https://x/records/t"
+    assert outbox.due_recordings() == [] and outbox.stats().held == 0
+
+
+def test_given_storage_down_past_max_wait_when_expired_then_call_released_without_url(outbox, clock):
+    hold(outbox, clock, wait=600)
+    job = outbox.due_recordings()[0]
+    outbox.defer_recording(job.id, 30, "S3 unreachable")
+    assert outbox.expired_holds() == []
+    clock.now += 601
+    expired = outbox.expired_holds()
+    assert [i.external_id for i in expired] == ["c-rec"]
+    assert outbox.release("shop", "c-rec") is True
+    assert "recordUrl" not in outbox.due("shop")[0].payload
+    # The recording upload goes on; storing it later no longer changes the call.
+    assert outbox.finish_recording(outbox.due_recordings()[0], {"recordUrl": "late"}) is False
+    assert "recordUrl" not in outbox.due("shop")[0].payload
+
+
+def test_given_held_call_when_added_again_then_ignored(outbox, clock):
+    assert hold(outbox, clock)
+    assert not hold(outbox, clock)
+    assert not outbox.add("shop", "c-rec", call("c-rec"))
+    assert len(outbox.due_recordings()) == 1

@@ -233,3 +233,37 @@ def test_given_snapshot_of_other_version_when_restored_then_ignored():
     tracker = CallTracker(accounts(SHOP))
     assert tracker.restore({"version": 99, "calls": [{"id": "x"}]}) == 0
     assert tracker.active_calls() == 0
+
+
+def typed_records(events, tracker=None):
+    tracker = tracker or CallTracker(accounts(SHOP))
+    return [e for event in events for e in tracker.handle(event) if isinstance(e, CallRecord)]
+
+
+@pytest.mark.parametrize("scenario", ["in_answered_ringgroup", "out_answered", "in_missed", "in_busy"])
+def test_given_recorded_call_when_finished_then_record_names_its_file(scenario):
+    events = events_of(scenario)
+    record = typed_records(events)[0]
+    assert record.recording_path == "/srv/fsrec/%s.wav" % events[0]["Unique-ID"]
+    assert "recordUrl" not in record.to_api() and "recording_path" not in str(record.to_api())
+
+
+def test_given_unrecorded_call_when_finished_then_no_recording():
+    assert typed_records(events_of("click_to_call"))[0].recording_path is None
+
+
+def with_header(event, name, value):
+    body = "".join("%s: %s\n" % (n, event._raw[n]) for n in event.names()) + "%s: %s\n\n" % (name, value)
+    return parse_event_plain(body.encode())
+
+
+def test_given_recording_discarded_when_finished_then_no_recording():
+    events = [with_header(e, "variable_RECORD_DISCARDED", "true") if e.name == "RECORD_STOP" else e
+              for e in events_of("in_missed")]
+    assert typed_records(events)[0].recording_path is None
+
+
+def test_given_record_stop_missed_when_dialplan_variable_names_file_then_it_is_used():
+    events = [with_header(e, "variable_crm_recording_path", "/var/spool/fs/x.wav") if e.name == "CHANNEL_HANGUP_COMPLETE"
+              else e for e in events_of("out_answered") if e.name != "RECORD_STOP"]
+    assert typed_records(events)[0].recording_path == "/var/spool/fs/x.wav"

@@ -1,0 +1,236 @@
+"""The playback HTTP app: serves a recording to retailCRM's player at the recordUrl we sent it.
+
+retailCRM plays a recording with `GET <recordUrl>?clientId=<module clientId>` and needs the right
+Content-Type. A request reaches storage only through a token this service signed
+(recordings.tokens), and only with the clientId of the account that token names.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hmac
+import logging
+import re
+from dataclasses import dataclass
+from typing import Iterator, Mapping
+
+import bottle
+
+from recordings.base import RecordingNotFound, RecordingStore, StorageUnavailable, StoredObject
+from recordings.tokens import InvalidToken, RecordingRef, TokenCodec
+
+logger = logging.getLogger(__name__)
+
+MAX_CLIENT_ID_LENGTH = 256
+RETRY_AFTER_SECONDS = 30
+CHUNK_SIZE = 64 * 1024
+_TEXT = "text/plain; charset=utf-8"
+_REASONS = {
+    400: "Bad request", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
+    416: "Range not satisfiable", 500: "Internal server error", 503: "Storage unavailable, retry later",
+}
+# One byte range, RFC 7233 section 2.1; anything else (several ranges, other units) is ignored.
+_RANGE = re.compile(r"\s*bytes\s*=\s*(?:(\d{1,18})\s*-\s*(\d{0,18})|-\s*(\d{1,18}))\s*", re.IGNORECASE)
+_MAX_RANGE_HEADER = 200
+
+
+class AccessDenied(Exception):
+    """clientId missing, malformed or not the one of the token's account."""
+
+
+class UnknownAccount(Exception):
+    """A validly signed token for an account this service no longer serves."""
+
+
+class RangeNotSatisfiable(Exception):
+    def __init__(self, size: int):
+        super().__init__("range not satisfiable")
+        self.size = size
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    start: int
+    end: int  # inclusive
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+def make_app(store: RecordingStore, codec: TokenCodec, client_ids: Mapping[str, str]) -> bottle.Bottle:
+    """client_ids: account name -> that account's CRM module clientId."""
+    client_ids = dict(client_ids)
+    app = bottle.Bottle()
+    # Errors Bottle raises itself (no route, wrong method) get the same short plain-text answer.
+    app.default_error_handler = _bottle_error
+
+    @app.route("/records/<token>", method=["GET", "HEAD"])
+    def record(token: str) -> bottle.HTTPResponse:
+        try:
+            ref = _verified_ref(codec, client_ids, token)
+            _check_client_id(bottle.request.query.getall("clientId"), client_ids[ref.account])
+            return _serve(store, ref, bottle.request)
+        except Exception as exc:  # every error becomes a status code in one place
+            return error_response(exc)
+
+    return app
+
+
+def _verified_ref(codec: TokenCodec, client_ids: Mapping[str, str], token: str) -> RecordingRef:
+    ref = codec.parse(token)
+    if ref.account not in client_ids:
+        raise UnknownAccount(ref.account)
+    return ref
+
+
+def _check_client_id(values: list[str], expected: str) -> None:
+    """The query value arrives as latin-1 text holding the raw bytes the client sent; compare
+    those bytes with the expected clientId's UTF-8 bytes in constant time."""
+    if len(values) != 1:
+        raise AccessDenied()
+    try:
+        given = values[0].encode("latin-1")
+    except UnicodeEncodeError:
+        raise AccessDenied() from None
+    if not given or len(given) > MAX_CLIENT_ID_LENGTH or any(b < 0x20 or b == 0x7F for b in given):
+        raise AccessDenied()
+    if not hmac.compare_digest(given, expected.encode("utf-8")):
+        raise AccessDenied()
+
+
+def _serve(store: RecordingStore, ref: RecordingRef, request: bottle.BaseRequest) -> bottle.HTTPResponse:
+    obj = store.head(ref.name)
+    headers = {
+        "Content-Type": obj.content_type,
+        "Accept-Ranges": "bytes",
+        "ETag": obj.etag,
+        "Last-Modified": email.utils.formatdate(obj.last_modified.timestamp(), usegmt=True),
+        "Cache-Control": "private, max-age=3600",
+        "X-Content-Type-Options": "nosniff",
+    }
+    if _etag_matches(request.headers.get("If-None-Match"), obj.etag):
+        return bottle.HTTPResponse(status=304, headers=headers)
+    if request.query.get("download") == "1":
+        headers["Content-Disposition"] = 'attachment; filename="call-%s.%s"' % (ref.call_id, ref.extension)
+
+    # A stale If-Range means "send it all": the Range header is then not even looked at.
+    wanted = None
+    if _if_range_holds(request.headers.get("If-Range"), obj, headers["Last-Modified"]):
+        wanted = parse_range(request.headers.get("Range"), obj.size)
+    status = 200
+    span = ByteRange(0, obj.size - 1)
+    if wanted is not None:
+        status, span = 206, wanted
+        headers["Content-Range"] = "bytes %d-%d/%d" % (span.start, span.end, obj.size)
+    headers["Content-Length"] = str(span.length)
+
+    body: bytes | Iterator[bytes] = b""
+    if request.method != "HEAD" and span.length > 0:
+        chunks = iter(store.read(ref.name, span.start, span.end, CHUNK_SIZE))
+        # Take the first chunk now, so a store that fails lazily still gets a proper status code.
+        body = _stream(next(chunks, b""), chunks, ref)
+    logger.info("serving recording account=%s call=%s status=%d bytes=%d method=%s",
+                ref.account, ref.call_id, status, span.length, request.method)
+    return bottle.HTTPResponse(body=body, status=status, headers=headers)
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | None:
+    """The one byte range a Range header asks for, None to ignore the header (absent, malformed,
+    several ranges), or RangeNotSatisfiable."""
+    if not header or len(header) > _MAX_RANGE_HEADER:
+        return None
+    match = _RANGE.fullmatch(header)
+    if match is None:
+        return None
+    first, last, suffix = match.groups()
+    if suffix is not None:
+        length = int(suffix)
+        if length == 0 or size == 0:
+            raise RangeNotSatisfiable(size)
+        return ByteRange(max(0, size - length), size - 1)
+    start = int(first)
+    if last:
+        end = int(last)
+        if end < start:
+            return None  # syntactically invalid: ignore, as RFC 7233 section 3.1 allows
+    else:
+        end = size - 1
+    if start >= size:
+        raise RangeNotSatisfiable(size)
+    return ByteRange(start, min(end, size - 1))
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    # Weak comparison, RFC 7232 section 3.2.
+    if not header:
+        return False
+    if header.strip() == "*":
+        return True
+    bare = etag.removeprefix("W/")
+    return any(candidate.strip().removeprefix("W/") == bare for candidate in header.split(","))
+
+
+def _if_range_holds(header: str | None, obj: StoredObject, last_modified: str) -> bool:
+    # If-Range needs a strong match with the ETag or the exact Last-Modified date.
+    if header is None:
+        return True
+    header = header.strip()
+    if header.startswith(('"', "W/")):
+        return not header.startswith("W/") and header == obj.etag
+    return header == last_modified
+
+
+def _stream(first: bytes, chunks: Iterator[bytes], ref: RecordingRef) -> Iterator[bytes]:
+    """The body, chunk by chunk. Once headers are out an error can only cut the answer short:
+    log it, and let the client see a body shorter than Content-Length."""
+    try:
+        yield first
+        yield from chunks
+    except Exception:
+        logger.exception("reading recording account=%s call=%s failed mid-answer", ref.account, ref.call_id)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
+def error_response(exc: Exception) -> bottle.HTTPResponse:
+    """The one place where domain errors become status codes."""
+    headers: dict[str, str] = {}
+    if isinstance(exc, (InvalidToken, UnknownAccount, RecordingNotFound)):
+        status = 404
+    elif isinstance(exc, AccessDenied):
+        status = 403
+    elif isinstance(exc, RangeNotSatisfiable):
+        status = 416
+        headers["Content-Range"] = "bytes */%d" % exc.size
+    elif isinstance(exc, StorageUnavailable):
+        status = 503
+        headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        logger.warning("recording storage unavailable: %s", exc)
+    else:
+        status = 500
+        # The traceback names no clientId: it is only ever compared, never put into a message.
+        logger.exception("unexpected error serving a recording")
+    if isinstance(exc, RecordingNotFound):
+        logger.warning("recording not found: %s", exc)
+    return _plain(status, headers)
+
+
+def _plain(status: int, headers: Mapping[str, str] | None = None) -> bottle.HTTPResponse:
+    body = (_REASONS.get(status, "Error") + "\n").encode("utf-8")
+    return bottle.HTTPResponse(body=body, status=status,
+                               headers={**(headers or {}), "Content-Type": _TEXT, "Content-Length": str(len(body)),
+                                        "X-Content-Type-Options": "nosniff"})
+
+
+def _bottle_error(res: bottle.HTTPError) -> bytes:
+    """Catch-all for errors raised by Bottle itself: a fixed plain-text body, never a traceback
+    and never the requested path."""
+    if res.status_code >= 500:
+        exc_info = bottle.request.environ.get("bottle.exc_info")
+        logger.error("unexpected error in the playback app", exc_info=exc_info or res.exception)
+    bottle.response.content_type = _TEXT
+    bottle.response.set_header("X-Content-Type-Options", "nosniff")
+    return (_REASONS.get(res.status_code, "Error") + "\n").encode("utf-8")

@@ -1,0 +1,55 @@
+"""Config loading: the shipped example, layering of secrets, and errors that name file, section and key."""
+
+from pathlib import Path
+
+import pytest
+
+from fs_crm.config import ConfigError, load_config, parse_config
+
+EXAMPLE = Path(__file__).parent.parent / "conf" / "fs-crm.example.toml"
+ACCOUNT = {"name": "shop", "crm_url": "https://shop.retailcrm.ru", "api_key": "k", "client_id": "c", "domain": "d"}
+
+
+def test_given_shipped_example_when_loaded_then_valid():
+    config = load_config(EXAMPLE, env={})
+    account = config.accounts[0]
+    assert account.name == "shop" and account.user_id_of("200") == 2
+    assert account.site_of("8 (499) 999-99-99") == ("shop1", "+74999999999")
+    assert config.storage.backend == "local"
+
+
+def test_given_secrets_in_environment_when_loaded_then_they_win_and_are_not_in_repr():
+    config = load_config(EXAMPLE, env={"FS_CRM_FREESWITCH_PASSWORD": "fs-secret",
+                                       "FS_CRM_ACCOUNT_SHOP_API_KEY": "crm-secret"})
+    assert config.freeswitch.password == "fs-secret"
+    assert config.accounts[0].api_key == "crm-secret"
+    assert "fs-secret" not in repr(config) and "crm-secret" not in repr(config)
+
+
+@pytest.mark.parametrize("storage,expected", [
+    ({"bucket": "b", "region": "us-east-1", "endpoint_url": "http://127.0.0.1:9000"}, "s3"),
+    ({"backend": "local"}, "local"),
+    ({}, None),
+])
+def test_given_storage_section_when_loaded_then_backend_follows_what_is_set(storage, expected):
+    config = parse_config("c.toml", {"accounts": [ACCOUNT], "storage": storage}, env={})
+    assert config.storage.backend == expected
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"accounts": [dict(ACCOUNT, timezone="Mars/Olympus")]}, "[accounts 'shop'] key 'timezone': unknown time zone"),
+    ({"accounts": [dict(ACCOUNT, extensions={"x": "100"})]}, "key 'extensions.x': CRM user id must be"),
+    ({"accounts": [dict(ACCOUNT, extensions={"1": "100", "2": "100"})]}, "is given to two users"),
+    ({"accounts": [dict(ACCOUNT, external_phones={"s": "call me"})]}, "key 'external_phones.s': must be a phone"),
+    ({"accounts": [ACCOUNT, dict(ACCOUNT, name="b")]}, "key 'client_id': two accounts share one client_id"),
+    ({"accounts": [ACCOUNT], "http": {"listen": "nowhere"}}, "[http] key 'listen': must be HOST:PORT"),
+    ({"accounts": [ACCOUNT], "storage": {"backend": "s3"}}, "[storage] key 'bucket': is required"),
+    ({"accounts": [ACCOUNT], "storage": {"bucket": "b", "url_secret": "short"}}, "key 'url_secret': must be at least"),
+    ({"accounts": []}, "[accounts]: at least one [[accounts]] table is required"),
+    ({"accounts": [dict(ACCOUNT, api_key="")]}, "key 'api_key': must not be empty"),
+])
+def test_given_bad_value_when_loaded_then_error_names_file_section_and_key(data, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config("/etc/fs-crm.toml", data, env={})
+    assert str(err.value).startswith("/etc/fs-crm.toml: ")
+    assert message in str(err.value)
