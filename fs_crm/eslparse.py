@@ -105,16 +105,45 @@ def _parse_outer_headers(block: bytes) -> dict[str, str]:
 
 
 class Event:
-    """A FreeSWITCH event. Values are URL-decoded lazily, one value at a time, on first access."""
+    """A FreeSWITCH event. Values are URL-decoded lazily, one value at a time, on first access.
 
-    __slots__ = ("_raw", "_decoded", "_multi", "body")
+    Channel variables are most of an event's ~200 lines and the tracker needs them on few events,
+    so the lines from the first `variable_` on are split only when a header not found before them
+    is asked for.
+    """
+
+    __slots__ = ("_raw", "_rest", "_decoded", "_multi", "_body")
 
     def __init__(self, raw: dict[str, str], multi: dict[str, list[str]] | None = None,
-                 body: str | None = None, decoded: bool = False):
+                 body: str | None = None, decoded: bool = False, rest: str | None = None):
         self._raw = raw
+        self._rest = rest  # the channel variables and anything after them, not split yet
         self._decoded: dict[str, str] = raw if decoded else {}
         self._multi = multi
-        self.body = body
+        self._body = body
+
+    @property
+    def body(self) -> str | None:
+        """The inner body (BACKGROUND_JOB output, an attached CDR), if the event has one."""
+        if self._rest is not None:
+            self._parse_rest()
+        return self._body
+
+    def _parse_rest(self) -> None:
+        rest, self._rest = self._rest, None
+        head, tail = _split_head(rest)
+        more, multi = _parse_block(head)
+        for name in more.keys() & self._raw.keys():  # repeated across the two parts: the first wins
+            self._multi = self._multi or {}
+            self._multi.setdefault(name, [self._raw[name]]).extend((multi or {}).get(name, [more[name]]))
+            del more[name]
+        self._raw.update(more)
+        for name, values in (multi or {}).items():
+            if self._multi is None or name not in self._multi:
+                self._multi = self._multi or {}
+                self._multi[name] = values
+        if tail:
+            self._body = _inner_body(tail, self._raw.get("Content-Length"), self._raw.get(vocab.H_EVENT_NAME))
 
     def get(self, name: str, default: str | None = None) -> str | None:
         try:
@@ -123,7 +152,12 @@ class Event:
             pass
         raw = self._raw.get(name)
         if raw is None:
-            return default
+            if self._rest is None:
+                return default
+            self._parse_rest()
+            raw = self._raw.get(name)
+            if raw is None:
+                return default
         value = unquote(raw) if "%" in raw else raw
         self._decoded[name] = value
         return value
@@ -135,10 +169,12 @@ class Event:
         return value
 
     def __contains__(self, name: str) -> bool:
-        return name in self._raw
+        return self.get(name) is not None
 
     def get_all(self, name: str) -> list[str]:
         """Every value of a header that may repeat (Hangup-Cause does in some FreeSWITCH versions)."""
+        if self._rest is not None:
+            self._parse_rest()
         if self._multi and name in self._multi:
             values = self._multi[name]
             return list(values) if self._decoded is self._raw else [unquote(v) for v in values]
@@ -146,6 +182,8 @@ class Event:
         return [] if value is None else [value]
 
     def names(self) -> list[str]:
+        if self._rest is not None:
+            self._parse_rest()
         return list(self._raw)
 
     @property
@@ -171,30 +209,60 @@ class Event:
 
 def parse_event_plain(data: bytes) -> Event:
     """The body of a `text/event-plain` frame: `Name: url-encoded-value` lines, optional inner body."""
-    split = data.find(b"\n\n")
-    head = data if split < 0 else data[:split]
-    text = head.decode("utf-8", "replace")
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    raw: dict[str, str]
-    multi: dict[str, list[str]] | None = None
-    try:
-        # The fast path: C-level splitting; a duplicate header or a line without ': ' falls through.
-        raw = dict(line.split(": ", 1) for line in lines)  # type: ignore[misc]
-        if len(raw) != len(lines):
-            raise ValueError
-    except ValueError:
-        raw, multi = _parse_lines_slowly(lines)
+    text = data.decode("utf-8", "replace")
+    cut = text.find("\nvariable_")
+    # An inner Content-Length before the first variable means a body starts there, and the body
+    # (an api command's output, say) may hold "variable_" lines itself: then parse it all at once.
+    if cut >= 0 and text.find("\nContent-Length: ", 0, cut) < 0:
+        raw, multi = _parse_block(text[:cut])
+        event = Event(raw, multi, rest=text[cut + 1:])
+    else:
+        head, tail = _split_head(text)
+        raw, multi = _parse_block(head)
+        event = Event(raw, multi)
+        if tail:
+            event._body = _inner_body(tail, raw.get("Content-Length"), raw.get(vocab.H_EVENT_NAME))
     if vocab.H_EVENT_NAME not in raw:
-        raise EventParseError("event without Event-Name (first line %r)" % (lines[0][:120] if lines else ""))
-    body = None
-    inner_length = raw.get("Content-Length")
-    if inner_length is not None and split >= 0:
-        if not inner_length.isdigit():
-            raise EventParseError("event %s has a bad inner Content-Length %r" % (raw[vocab.H_EVENT_NAME], inner_length))
-        body = data[split + 2: split + 2 + int(inner_length)].decode("utf-8", "replace")
-    return Event(raw, multi, body)
+        raise EventParseError("event without Event-Name (first line %r)" % text[:120].split("\n")[0])
+    return event
+
+
+def _split_head(text: str) -> tuple[str, str]:
+    """Header lines, and whatever follows the blank line that ends them."""
+    if text.endswith("\n\n") and "\nContent-Length: " not in text:
+        return text[:-2], ""  # the common case, without searching for a blank line
+    split = text.find("\n\n")
+    if split < 0:
+        return text.rstrip("\n"), ""
+    return text[:split], text[split + 2:]
+
+
+def _inner_body(tail: str, length: str | None, event_name: str | None) -> str | None:
+    if length is None:
+        return None
+    if not length.isdigit():
+        raise EventParseError("event %s has a bad inner Content-Length %r" % (event_name, length))
+    size = int(length)
+    if tail.isascii():
+        return tail[:size]
+    # Content-Length counts bytes; non-ASCII text has to be cut as bytes.
+    return tail.encode("utf-8")[:size].decode("utf-8", "replace")
+
+
+def _parse_block(text: str) -> tuple[dict[str, str], dict[str, list[str]] | None]:
+    if not text:
+        return {}, None
+    # Fast path, all in C: ": " only ever separates a name from its value, because FreeSWITCH
+    # URL-encodes ':' and ' ' inside values; so joining the lines with ": " and splitting once
+    # gives name, value, name, value... A line without ": " or a repeated header breaks the
+    # count and takes the careful path.
+    lines = text.count("\n") + 1
+    parts = text.replace("\n", ": ").split(": ")
+    if len(parts) == 2 * lines:
+        raw = dict(zip(parts[0::2], parts[1::2], strict=True))
+        if len(raw) == lines:
+            return raw, None
+    return _parse_lines_slowly(text.split("\n"))
 
 
 def _parse_lines_slowly(lines: list[str]) -> tuple[dict[str, str], dict[str, list[str]]]:

@@ -16,7 +16,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,6 +101,22 @@ _MIGRATIONS: tuple[str, ...] = (
 )
 
 _COLUMNS = "id, account, external_id, payload, attempts, created_at, last_error, state, next_attempt_at"
+
+
+@dataclass(frozen=True)
+class RecordingFile:
+    path: str  # where FreeSWITCH wrote it
+    name: str  # object name in the store
+    content_type: str
+
+
+@dataclass(frozen=True)
+class NewCall:
+    account: str
+    external_id: str
+    payload: dict
+    recording: RecordingFile | None = None  # when set, the call is held until it is stored
+    hold_until: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -259,22 +275,47 @@ class Outbox:
     def add(self, account: str, external_id: str, payload: dict) -> bool:
         """Queue one call; True once it is on disk, False if this call is already known.
 
-        Known means pending, failed, or delivered and not yet pruned: nothing changes then.
+        Known means pending, failed, held, or delivered and not yet pruned: nothing changes then.
         """
-        if not account or not external_id:
-            raise ValueError("account and external_id must not be empty")
-        text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+        return self.add_calls([NewCall(account, external_id, payload)])[0]
+
+    def add_with_recording(self, account: str, external_id: str, payload: dict, *, path: str, name: str,
+                           content_type: str, hold_until: float) -> bool:
+        """Queue a call held back until its recording is stored (or `hold_until` passes), and the
+        recording's upload job, in one transaction: neither exists without the other."""
+        return self.add_calls([NewCall(account, external_id, payload, RecordingFile(path, name, content_type),
+                                       hold_until)])[0]
+
+    def add_calls(self, calls: Sequence[NewCall]) -> list[bool]:
+        """Queue several calls in one transaction (one fsync): the ESL reader hands over everything
+        one socket read produced at once. Returns, per call, whether it was new."""
+        for call in calls:
+            if not call.account or not call.external_id:
+                raise ValueError("account and external_id must not be empty")
         now = self._clock()
-        with self._write("add %s/%s" % (account, external_id)) as db:
-            seen = db.execute("SELECT 1 FROM delivered WHERE account = ? AND external_id = ?",
-                              (account, external_id)).fetchone()
-            if seen:
-                return False
-            cur = db.execute(
-                "INSERT INTO outbox (account, external_id, payload, created_at, next_attempt_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (account, external_id) DO NOTHING",
-                (account, external_id, text, now, now))
-            return cur.rowcount == 1
+        with self._write("add %d call(s)" % len(calls)) as db:
+            return [self._insert(db, call, now) for call in calls]
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, call: NewCall, now: float) -> bool:
+        if db.execute("SELECT 1 FROM delivered WHERE account = ? AND external_id = ?",
+                      (call.account, call.external_id)).fetchone():
+            return False
+        text = json.dumps(call.payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+        held = call.recording is not None
+        cur = db.execute(
+            "INSERT INTO outbox (account, external_id, payload, state, created_at, next_attempt_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (account, external_id) DO NOTHING",
+            (call.account, call.external_id, text, HELD if held else PENDING, now,
+             call.hold_until if held else now))
+        if cur.rowcount != 1:
+            return False
+        if held:
+            rec = call.recording
+            db.execute("INSERT INTO recordings (account, external_id, path, name, content_type, created_at,"
+                       " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (account, external_id) DO NOTHING",
+                       (call.account, call.external_id, rec.path, rec.name, rec.content_type, now, now))
+        return True
 
     def due(self, account: str, limit: int = 50) -> list[OutboxItem]:
         """Pending calls of one account that may be sent now, oldest first.
@@ -401,28 +442,6 @@ class Outbox:
         return value if isinstance(value, dict) else None
 
     # --- calls waiting for their recording ----------------------------------------------------
-
-    def add_with_recording(self, account: str, external_id: str, payload: dict, *, path: str, name: str,
-                           content_type: str, hold_until: float) -> bool:
-        """Queue a call held back until its recording is stored (or `hold_until` passes), and the
-        recording's upload job, in one transaction: neither exists without the other."""
-        text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
-        now = self._clock()
-        with self._write("add_with_recording %s/%s" % (account, external_id)) as db:
-            if db.execute("SELECT 1 FROM delivered WHERE account = ? AND external_id = ?",
-                          (account, external_id)).fetchone():
-                return False
-            cur = db.execute(
-                "INSERT INTO outbox (account, external_id, payload, state, created_at, next_attempt_at)"
-                " VALUES (?, ?, ?, 'held', ?, ?) ON CONFLICT (account, external_id) DO NOTHING",
-                (account, external_id, text, now, hold_until))
-            if cur.rowcount != 1:
-                return False
-            db.execute("INSERT INTO recordings (account, external_id, path, name, content_type, created_at,"
-                       " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                       " ON CONFLICT (account, external_id) DO NOTHING",
-                       (account, external_id, path, name, content_type, now, now))
-            return True
 
     def release(self, account: str, external_id: str, updates: dict | None = None) -> bool:
         """A held call may go to the CRM now, with `updates` (e.g. recordUrl) merged into it.

@@ -19,7 +19,7 @@ from fs_crm.esl import EslConnection, EslError, EslListener
 from fs_crm.eslparse import Event
 from fs_crm.history import HistorySender
 from fs_crm.http import HttpServer, build_app
-from fs_crm.outbox import Outbox
+from fs_crm.outbox import NewCall, Outbox, RecordingFile
 from fs_crm.payloads import CallEvent, CallRecord
 from fs_crm.recording_uploads import RecordingUploader
 from fs_crm.tracker import CallTracker, parse_live_channels
@@ -58,7 +58,9 @@ class Service:
             count = self.tracker.restore(saved)
             logger.info("resumed %d call(s) that were in progress when fs-crm last stopped", count)
         self._saved_changes = self.tracker.changes
-        self.listener = EslListener(config.freeswitch, self.on_event, self.on_connected)
+        self.listener = EslListener(config.freeswitch, self.on_event, self.on_connected,
+                                    on_read_done=self.on_read_done)
+        self._finished: list[CallRecord] = []
         self.store: RecordingStore | None = None
         self.recordings: RecordingUploader | None = None
         parts = []
@@ -79,30 +81,38 @@ class Service:
     def on_event(self, event: Event) -> None:
         self._apply(self.tracker.handle(event))
 
+    def on_read_done(self) -> None:
+        """After all events of one socket read: their finished calls go to disk in one commit."""
+        if self._finished:
+            self._queue_history()
+
     def _apply(self, effects: list[CallEvent | CallRecord]) -> None:
         for effect in effects:
             if isinstance(effect, CallEvent):
                 self.cards.submit(effect)
-            elif not self._queue_history(effect):
-                logger.info("call %s account %s: already queued or delivered; not queued again",
-                            effect.external_id, effect.account)
+            else:
+                self._finished.append(effect)
 
-    def _queue_history(self, record: CallRecord) -> bool:
+    def _queue_history(self) -> None:
         """History is on disk before anything else happens to it. A call with a recording waits
         (held) until the recording is stored, at most storage.max_wait."""
-        name = self._recording_name(record)
-        if name is None:
-            added = self.outbox.add(record.account, record.external_id, record.to_api())
-            if added:
-                self.history.wake()
-            return added
-        added = self.outbox.add_with_recording(
-            record.account, record.external_id, record.to_api(), path=record.recording_path, name=name,
-            content_type=content_type_of(record.recording_path),
-            hold_until=self.clock() + self.config.storage.max_wait)
-        if added and self.recordings is not None:
-            self.recordings.wake()
-        return added
+        records, self._finished = self._finished, []
+        hold_until = self.clock() + self.config.storage.max_wait
+        new_calls = []
+        for record in records:
+            name = self._recording_name(record)
+            recording = (RecordingFile(record.recording_path, name, content_type_of(record.recording_path))
+                         if name else None)
+            new_calls.append(NewCall(record.account, record.external_id, record.to_api(), recording, hold_until))
+        added = self.outbox.add_calls(new_calls)
+        for record, new in zip(records, added, strict=True):
+            if not new:
+                logger.info("call %s account %s: already queued or delivered; not queued again",
+                            record.external_id, record.account)
+        if any(added):
+            self.history.wake()
+            if self.recordings is not None:
+                self.recordings.wake()
 
     def _recording_name(self, record: CallRecord) -> str | None:
         if not record.recording_path or self.recordings is None:
@@ -136,6 +146,7 @@ class Service:
         while not self._stop.wait(timeout=HOUSEKEEPING_INTERVAL):
             now_us = int(self.clock() * 1_000_000)
             self._apply(self.tracker.expire_orphans(now_us, int(ORPHAN_GRACE_SECONDS * 1_000_000)))
+            self.on_read_done()
             self._save_calls_in_progress()
             self._give_up_waiting_for_recordings()
 

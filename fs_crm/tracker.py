@@ -185,20 +185,24 @@ class CallTracker:
         return call, leg
 
     def _update_leg(self, leg: Leg, event: Event, name: str) -> None:
-        if not leg.channel_name:
+        # Channel variables are read only where they matter (first sight of a leg, its end, a
+        # recording): parsing them is most of the cost of an event (see eslparse.Event).
+        first_sight = not leg.channel_name
+        if first_sight:
             leg.channel_name = event.get(vocab.H_CHANNEL_NAME) or ""
             leg.direction = event.get(vocab.H_CALL_DIRECTION) or ""
             leg.caller_number = event.get(vocab.H_CALLER_NUMBER) or ""
             leg.destination = event.get(vocab.H_DESTINATION) or ""
-        if leg.role == ROLE_OTHER:
             self._classify(leg, event)
-        if not leg.company_candidates:
             leg.company_candidates = _company_candidates(leg, event)
-        for attr, var in (("crm_direction", vocab.V_CRM_DIRECTION), ("crm_phone", vocab.V_CRM_PHONE),
-                          ("crm_external_phone", vocab.V_CRM_EXTERNAL_PHONE)):
-            if getattr(leg, attr) is None and event.get(var):
+        if first_sight:
+            # Our originate sets these as origination variables: they are there from CHANNEL_CREATE on.
+            for attr, var in (("crm_direction", vocab.V_CRM_DIRECTION), ("crm_phone", vocab.V_CRM_PHONE),
+                              ("crm_external_phone", vocab.V_CRM_EXTERNAL_PHONE)):
                 setattr(leg, attr, event.get(var))
-        self._note_recording(leg, event, name)
+        if name == vocab.RECORD_STOP or (name == vocab.CHANNEL_HANGUP_COMPLETE and leg.uuid == leg.call_id
+                                         and leg.recording is None):
+            self._note_recording(leg, event, name)
         created = event.int(vocab.H_CREATED_TIME)
         if created:
             leg.created_us = created
@@ -216,8 +220,10 @@ class CallTracker:
             leg.hung_up = True
             leg.hangup_cause = event.get(vocab.H_HANGUP_CAUSE) or leg.hangup_cause
             leg.hangup_us = event.int(vocab.H_HANGUP_TIME) or leg.hangup_us or _event_time_us(event)
-        if name in (vocab.CHANNEL_HANGUP_COMPLETE, vocab.CHANNEL_DESTROY):
+        if name == vocab.CHANNEL_HANGUP_COMPLETE or (name == vocab.CHANNEL_DESTROY and not leg.complete):
             leg.complete = True
+            if leg.created_us and leg.hangup_us:
+                return  # durations come from the microsecond stamps (see _durations)
             billsec = event.get(vocab.V_BILLSEC)
             duration = event.get(vocab.V_DURATION)
             if billsec is not None and billsec.isdigit():
@@ -329,8 +335,19 @@ class CallTracker:
                 if leg.extension and account.has_extension(leg.extension)]
 
     # --- call cards -------------------------------------------------------------------------
+    @staticmethod
+    def _may_card(call: Call, leg: Leg, name: str) -> bool:
+        """Cheap test before the card logic: most events cannot produce a card."""
+        if name == vocab.CHANNEL_HANGUP:
+            return True
+        if name == vocab.CHANNEL_CREATE:
+            return leg.role == ROLE_EXTERNAL and not call.out_card_sent
+        return name in _RINGING_EVENTS and leg.role == ROLE_EXTENSION and not leg.carded
+
     def _cards(self, call: Call, leg: Leg, name: str, event: Event,
                account: AccountConfig) -> list[CallEvent]:
+        if not self._may_card(call, leg, name):
+            return []
         direction = self._direction(call)
         if direction is None:
             return []

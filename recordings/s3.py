@@ -31,7 +31,7 @@ from botocore.exceptions import (
 )
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from recordings.base import RecordingNotFound, StorageError, StorageUnavailable, StoredObject, content_type_of
+from recordings.base import RecordingNotFound, StorageUnavailable, StoredObject, content_type_of
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +66,10 @@ class S3Store:
         config = Config(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
-            # max_attempts counts the first try too; "standard" mode backs off with jitter and also
-            # retries throttling and 5xx answers.
-            retries={"max_attempts": max_attempts, "mode": "standard"},
+            # total_max_attempts counts the first try (botocore's own "max_attempts" key would count
+            # only the retries); "standard" mode backs off with jitter and retries connection errors,
+            # timeouts, throttling and 5xx answers.
+            retries={"total_max_attempts": max_attempts, "mode": "standard"},
             signature_version="s3v4",
             # S3-compatible stores rarely have wildcard DNS for virtual-host bucket names.
             s3={"addressing_style": "path"} if endpoint_url else None,
@@ -179,7 +180,7 @@ class S3Store:
         except _S3_ERRORS as exc:
             raise self._translate(exc, action, full, bucket_request=True) from exc
 
-    def _upload_error(self, exc: Exception, full: str) -> StorageError:
+    def _upload_error(self, exc: Exception, full: str) -> Exception:
         # The transfer manager wraps a ClientError into S3UploadFailedError (as its context, not its cause).
         cause = exc.__context__ if isinstance(exc, S3UploadFailedError) else exc
         if isinstance(cause, _S3_ERRORS) and not isinstance(cause, S3UploadFailedError):
@@ -259,5 +260,5 @@ class _BodyChunks:
 
 def _wire_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
     # S3 stores metadata names lower-case; sending them that way means what we read back matches.
-    return {quote(str(name).strip().lower(), safe="-_."): quote(str(value), safe=_VALUE_SAFE)
+    return {quote(str(name).strip().lower(), safe="-_.").lower(): quote(str(value), safe=_VALUE_SAFE)
             for name, value in metadata.items()}

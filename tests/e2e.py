@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +17,15 @@ from fs_crm.sim.fake_freeswitch import FakeFreeswitch, capture_path, load_captur
 API_KEY = "e2e-key"
 EXTENSIONS = {"1": "100", "2": "200", "3": "300"}
 PHONES = {"shop1": "+74999999999", "shop2": "+74998888888"}
+
+
+RECORDING = Path(__file__).parent / "fixtures" / "pbx" / "in_answered_ringgroup.recording.wav"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def config_table(fs: FakeFreeswitch, crm: FakeCrm, state_dir: Path, **delivery) -> dict:
@@ -30,8 +41,20 @@ def config_table(fs: FakeFreeswitch, crm: FakeCrm, state_dir: Path, **delivery) 
     }
 
 
-def make_config(fs, crm, state_dir, **delivery):
-    return parse_config("<e2e>", config_table(fs, crm, state_dir, **delivery), env={})
+def make_config(fs, crm, state_dir, storage=None, http_port=0, **delivery):
+    table = config_table(fs, crm, state_dir, **delivery)
+    if storage is not None:
+        table["storage"] = storage
+    table["http"] = {"listen": "127.0.0.1:%d" % http_port, "public_url": "http://127.0.0.1:%d" % http_port}
+    return parse_config("<e2e>", table, env={})
+
+
+def with_recording(bodies: list[bytes], directory: Path) -> list[bytes]:
+    """The call's RECORD_STOP names a real file in `directory` (a copy of a real recording)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    moved = [body.replace(b"/srv/fsrec/", str(directory).encode() + b"/") for body in bodies]
+    shutil.copyfile(RECORDING, directory / ("%s.wav" % call_id(bodies)))
+    return moved
 
 
 def write_toml(path: Path, fs, crm, state_dir) -> Path:

@@ -260,6 +260,7 @@ def test_given_file_above_multipart_threshold_when_put_file_then_stored_whole_wi
         tracemalloc.stop()
 
     assert stored.size == size
+    assert stored.etag.endswith('-3"')  # a multipart ETag: "<md5 of part md5s>-<parts>"
     assert peak < 4 * MB, "peak %d bytes while uploading 17 MB" % peak
     body = admin.get_object(Bucket=BUCKET, Key=name)["Body"]
     digest = hashlib.sha256()
@@ -426,9 +427,9 @@ def raw_server():
         server.stop()
 
 
-def http_answer(status: str, body: bytes = b"", **headers: str) -> bytes:
-    lines = ["HTTP/1.1 %s" % status, "Content-Length: %d" % headers.pop("content_length", len(body)),
-             "Connection: close"]
+def http_answer(status: str, body: bytes = b"", content_length: int | None = None, **headers: str) -> bytes:
+    length = len(body) if content_length is None else content_length
+    lines = ["HTTP/1.1 %s" % status, "Content-Length: %d" % length, "Connection: close"]
     lines += ["%s: %s" % (name.replace("_", "-"), value) for name, value in headers.items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body
 
@@ -466,13 +467,22 @@ def test_given_error_answer_when_read_then_storage_unavailable_and_operator_prob
     with pytest.raises(StorageUnavailable, match=code) as raised:
         store.read(name, 0, 9)
 
-    assert server.requests and server.requests[0].startswith(b"GET /%s/%s" % (BUCKET.encode(), name.encode()))
+    assert len(server.requests) == 1  # max_attempts=1: no retry
+    assert server.requests[0].startswith(b"GET /%s/%s" % (BUCKET.encode(), name.encode()))
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     if logged:
         assert len(errors) == 1 and BUCKET in errors[0] and name in errors[0] and code in errors[0]
     else:
         assert errors == []
     assert_no_secret(caplog, raised.value)
+
+
+def test_given_max_attempts_2_when_store_throttles_then_one_retry_then_storage_unavailable(raw_server):
+    # max_attempts counts the first try; botocore's own "max_attempts" key would count only retries.
+    server = raw_server(s3_error("503 Service Unavailable", "SlowDown"))
+    with pytest.raises(StorageUnavailable, match="SlowDown"):
+        make_store(server.endpoint, max_attempts=2).read(new_name(), 0, 9)
+    assert len(server.requests) == 2
 
 
 def test_given_forbidden_head_when_head_then_storage_unavailable_not_missing_recording(raw_server):
@@ -483,7 +493,7 @@ def test_given_forbidden_head_when_head_then_storage_unavailable_not_missing_rec
 
 def test_given_body_breaks_off_when_reading_then_chunks_then_storage_unavailable(raw_server):
     # Headers promise 1000 bytes, the connection closes after 300.
-    server = raw_server(http_answer("206 Partial Content", b"x" * 300, content_length="1000",
+    server = raw_server(http_answer("206 Partial Content", b"x" * 300, content_length=1000,
                                    Content_Range="bytes 0-999/1000", Content_Type="audio/wav", ETag='"abc"'))
     chunks = make_store(server.endpoint).read(new_name(), 0, 999, chunk_size=100)
     received = []

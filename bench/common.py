@@ -1,0 +1,181 @@
+"""Helpers shared by the benchmarks: machine banner, percentiles, configs, renumbered real calls.
+
+Pure helpers only (no sockets, no monkey-patching): each benchmark patches gevent itself before
+importing this module, so whatever this imports is already patched.
+"""
+
+import os
+import platform
+import sys
+import uuid
+from functools import lru_cache
+from pathlib import Path
+
+import gevent
+import greenlet
+
+from fs_crm.sim.fake_freeswitch import capture_path, load_capture, renumber_call
+
+API_KEY = "bench-key"
+ACCOUNT = "shop"
+PASSWORD = "ClueCon"
+EXTENSIONS = {"1": "100", "2": "200", "3": "300"}
+PHONES = {"shop1": "+74999999999", "shop2": "+74998888888"}
+# Every call scenario recorded on the real PBX (register_unregister holds no call).
+SCENARIOS = ("in_answered_ringgroup", "in_missed", "in_busy", "out_answered", "out_busy", "click_to_call",
+             "in_socket_route", "internal")
+
+
+# --- printing -------------------------------------------------------------------------------------
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory_gib() -> str:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return "%.1f GiB" % (int(line.split()[1]) / 1024 / 1024)
+    except OSError:
+        pass
+    return "unknown"
+
+
+def banner(title: str, what: str) -> None:
+    """The benchmark's name, what it measures, and the machine it ran on."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print("=" * 100)
+    print(title)
+    print(what)
+    print("machine: %s cores (%s usable), %s, %s RAM, %s" % (os.cpu_count(), usable, _cpu_model(), _memory_gib(),
+                                                            platform.platform()))
+    print("python %s, gevent %s, greenlet %s" % (sys.version.split()[0], gevent.__version__, greenlet.__version__))
+    print("-" * 100)
+    sys.stdout.flush()
+
+
+def figure(label: str, value: str, goal: str = "") -> None:
+    """One labelled figure, with its goal when it has one."""
+    print("  %-56s %s%s" % (label, value, "   (goal: %s)" % goal if goal else ""))
+
+
+def result(text: str) -> None:
+    """A headline line; run_all.py repeats these in its summary."""
+    print("result: %s" % text)
+    sys.stdout.flush()
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Linear interpolation between closest ranks (p in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    rank = (len(ordered) - 1) * p / 100.0
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+# --- configuration --------------------------------------------------------------------------------
+
+def config_table(fs_host: str, fs_port: int, crm_url: str, state_dir: Path) -> dict:
+    """The same single-account config the end-to-end tests use, as a dict for parse_config()."""
+    return {
+        "freeswitch": {"host": fs_host, "port": fs_port, "password": PASSWORD, "command_timeout": 5.0,
+                       "reconnect_min_delay": 0.05, "reconnect_max_delay": 0.5},
+        "http": {"listen": "127.0.0.1:0", "public_url": "http://127.0.0.1:8090"},
+        "state": {"dir": str(state_dir)},
+        "delivery": {"retry_min_delay": 0.05, "retry_max_delay": 0.3},
+        "accounts": [{"name": ACCOUNT, "crm_url": crm_url, "api_key": API_KEY, "client_id": "client-1",
+                      "domain": "pbx.test", "timezone": "Europe/Moscow", "extensions": EXTENSIONS,
+                      "external_phones": PHONES}],
+    }
+
+
+def config_toml(fs_host: str, fs_port: int, crm_url: str, state_dir: Path) -> str:
+    """That config as an operator writes it; the API key comes from FS_CRM_ACCOUNT_SHOP_API_KEY."""
+    extensions = "\n".join('"%s" = "%s"' % item for item in EXTENSIONS.items())
+    phones = "\n".join('%s = "%s"' % item for item in PHONES.items())
+    return f"""
+[freeswitch]
+host = "{fs_host}"
+port = {fs_port}
+password = "{PASSWORD}"
+command_timeout = 5.0
+reconnect_min_delay = 0.05
+reconnect_max_delay = 0.5
+
+[http]
+listen = "127.0.0.1:0"
+public_url = "http://127.0.0.1:8090"
+
+[state]
+dir = "{state_dir}"
+
+[delivery]
+retry_min_delay = 0.05
+retry_max_delay = 0.3
+
+[[accounts]]
+name = "{ACCOUNT}"
+crm_url = "{crm_url}"
+client_id = "client-1"
+domain = "pbx.test"
+timezone = "Europe/Moscow"
+[accounts.extensions]
+{extensions}
+[accounts.external_phones]
+{phones}
+"""
+
+
+# --- real calls -----------------------------------------------------------------------------------
+
+@lru_cache(maxsize=None)
+def capture(scenario: str) -> tuple[bytes, ...]:
+    """Event bodies of one recorded call, in wire order."""
+    return tuple(load_capture(capture_path(scenario)))
+
+
+def header(body: bytes, name: bytes) -> bytes | None:
+    """The raw (still URL-encoded) value of one header of a plain event body."""
+    start = body.find(b"\n" + name + b": ")
+    if start < 0:
+        if not body.startswith(name + b": "):
+            return None
+        start = -1
+    start += len(name) + 3
+    end = body.find(b"\n", start)
+    return body[start:end if end >= 0 else len(body)]
+
+
+def event_name(body: bytes) -> str:
+    return (header(body, b"Event-Name") or b"").decode()
+
+
+def call_id(bodies: list[bytes] | tuple[bytes, ...]) -> str:
+    """The call's externalId: the Unique-ID of its first leg (the first event's channel)."""
+    return (header(bodies[0], b"Unique-ID") or b"").decode()
+
+
+def first_timestamp_us(bodies: list[bytes] | tuple[bytes, ...]) -> int:
+    return int(header(bodies[0], b"Event-Date-Timestamp") or 0)
+
+
+def fresh_call(scenario: str, seed: str, starts_at: float | None = None) -> list[bytes]:
+    """A recorded call renumbered into a new one whose first event happens at `starts_at` (epoch s)."""
+    bodies = list(capture(scenario))
+    if starts_at is None:
+        return renumber_call(bodies, seed=seed)
+    return renumber_call(bodies, seed=seed, time_shift_us=int(starts_at * 1e6) - first_timestamp_us(bodies))
+
+
+def distinct_id(seed: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "fs-crm-bench/" + seed))
