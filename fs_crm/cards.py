@@ -15,6 +15,7 @@ from typing import Callable, Mapping
 import gevent
 import gevent.pool
 
+from fs_crm import vocab
 from fs_crm.config import DeliveryConfig
 from fs_crm.crm import CrmClient, CrmRejected, CrmUnavailable
 from fs_crm.payloads import CallEvent
@@ -70,7 +71,8 @@ class CardSender:
         delay = 0.25
         while not self._too_old(card):
             try:
-                client.send_event(card.to_api())
+                # A ringing card must not wait behind the hangup cards of phones that stopped ringing.
+                client.send_event(card.to_api(), urgent=card.type != vocab.EVENT_HANGUP)
             except CrmUnavailable as exc:
                 self.last_error[card.account] = str(exc)
                 logger.warning("call %s account %s: %s card not delivered yet: %s", card.call_id, card.account,
