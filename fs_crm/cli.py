@@ -6,12 +6,14 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import datetime as dt  # noqa: E402
 import logging  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 
 import gevent  # noqa: E402
+import gevent.event  # noqa: E402
 
 from fs_crm.config import Config, ConfigError, load_config  # noqa: E402
 
@@ -119,11 +121,64 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_playback(args: argparse.Namespace) -> int:
+    """Serve recordings only, e.g. on more hosts behind a load balancer (horizontal scaling)."""
+    from fs_crm.http import HttpServer, build_app
+    from fs_crm.service import build_store
+    from recordings.base import StorageError
+    from recordings.playback import make_app
+    from recordings.tokens import TokenCodec, load_secret
+
+    config = _load(args)
+    if not config.storage.backend:
+        print("fs-crm playback: %s has no [storage] section: there are no recordings to serve" % config.path,
+              file=sys.stderr)
+        return 2
+    try:
+        codec = TokenCodec(load_secret(config.storage.url_secret, config.state.dir, create=False))
+    except ValueError as exc:
+        print("fs-crm playback: %s" % exc, file=sys.stderr)
+        return 2
+    store = build_store(config)
+    try:
+        store.check()
+    except StorageError as exc:
+        logger.warning("recording storage not usable yet (%s); answering 503 until it is", exc)
+
+    def health() -> tuple[bool, dict]:
+        try:
+            store.check()
+        except StorageError as exc:
+            return False, {"storage": str(exc)}
+        return True, {"storage": "ok"}
+
+    http = config.http
+    if args.listen:
+        host, port = args.listen
+        http = dataclasses.replace(http, listen_host=host, listen_port=port)
+    server = HttpServer(http, build_app(health, make_app(store, codec, {a.name: a.client_id
+                                                                            for a in config.accounts})))
+    server.start()
+    stop = gevent.event.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, stop.set)
+    stop.wait()
+    server.stop()
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from fs_crm.demo import run_demo
 
     _setup_logging(args.log_level or "WARNING")
     return run_demo()
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError("expected HOST:PORT, got %r" % text)
+    return host.strip("[]"), int(port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry", action="store_true", help="requeue calls that were set aside")
     p.add_argument("--account", help="with --retry: only this account")
     p.set_defaults(func=cmd_outbox)
+    p = with_config(sub.add_parser("playback", help="serve call recordings only (scale playback out)"))
+    p.add_argument("--listen", type=_host_port, help="HOST:PORT to listen on instead of [http] listen")
+    p.set_defaults(func=cmd_playback)
     sub.add_parser("demo", help="run against a simulated FreeSWITCH and retailCRM").set_defaults(func=cmd_demo)
     return parser
 

@@ -93,9 +93,10 @@ class TokenCodec:
         return RecordingRef(account=match["account"], call_id=match["call"], name=name)
 
 
-def load_secret(configured: str | None, state_dir: Path) -> bytes:
+def load_secret(configured: str | None, state_dir: Path, create: bool = True) -> bytes:
     """The configured secret (config or env), else one generated once and kept in the state dir,
-    so URLs already sent to the CRM survive restarts."""
+    so URLs already sent to the CRM survive restarts. With create=False (a playback server of its
+    own) a missing secret is an error: a new one would not verify any URL already sent."""
     value = os.environ.get(SECRET_ENV) or configured
     if value:
         return value.encode("utf-8")
@@ -103,7 +104,9 @@ def load_secret(configured: str | None, state_dir: Path) -> bytes:
     try:
         return bytes.fromhex(path.read_text().strip())
     except FileNotFoundError:
-        pass
+        if not create:
+            raise ValueError("no recording URL secret: set [storage] url_secret or %s to the value fs-crm run "
+                             "uses (%s on its host)" % (SECRET_ENV, path)) from None
     except ValueError:
         raise ValueError("%s is not a hex secret; delete it only if no recording URL was ever sent" % path) from None
     state_dir.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,9 @@ import pytest
 from e2e import API_KEY, write_toml
 
 from fs_crm.outbox import Outbox
+from recordings.base import content_type_of
+from recordings.local import LocalStore
+from recordings.tokens import TokenCodec, recording_name
 
 
 def fs_crm(*args, env_extra=None, timeout=30):
@@ -83,3 +86,59 @@ def test_given_calls_set_aside_when_outbox_retry_then_requeued_and_reported(fake
     retried = fs_crm("outbox", "-c", str(config), "--retry")
     assert retried.returncode == 0
     assert "requeued 1" in retried.stdout and "pending: 2" in retried.stdout
+
+
+def playback_config(tmp_path, secret_line):
+    path = tmp_path / "playback.toml"
+    path.write_text(f"""
+[state]
+dir = "{tmp_path / 'state'}"
+[storage]
+backend = "local"
+directory = "{tmp_path / 'store'}"
+{secret_line}
+[[accounts]]
+name = "shop"
+crm_url = "https://shop.retailcrm.ru"
+api_key = "unused-here"
+client_id = "client-1"
+domain = "pbx.test"
+""")
+    return path
+
+
+def test_given_standalone_playback_when_crm_fetches_then_recording_served_and_sigterm_exits(tmp_path):
+    secret = "a-shared-secret-for-all-playback-hosts"
+    name = recording_name("shop", "b24b51ce-a64b-4c83-8bf1-ff188b52cc1b", dt.date(2026, 11, 26), "wav")
+    LocalStore(tmp_path / "store").put_file(RECORDING, name, content_type_of(RECORDING), {})
+    token = TokenCodec(secret.encode()).make(name)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "fs_crm", "playback", "-c",
+                             str(playback_config(tmp_path, 'url_secret = "%s"' % secret)),
+                             "--listen", "127.0.0.1:%d" % port], stderr=subprocess.PIPE, text=True)
+    try:
+        url = "http://127.0.0.1:%d/records/%s" % (port, token)
+        answer = None
+        deadline = time.monotonic() + 20
+        while answer is None and time.monotonic() < deadline:
+            try:
+                answer = requests.get(url, params={"clientId": "client-1"}, timeout=2)
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        assert answer is not None and answer.status_code == 200
+        assert answer.content == RECORDING.read_bytes() and answer.headers["Content-Type"] == "audio/wav"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0, proc.stderr.read()
+
+
+def test_given_playback_without_shared_secret_when_started_then_refuses_with_reason(tmp_path):
+    result = fs_crm("playback", "-c", str(playback_config(tmp_path, "")), "--listen", "127.0.0.1:0",
+                    env_extra={"FS_CRM_RECORDING_URL_SECRET": ""})
+    assert result.returncode == 2
+    assert "url_secret" in result.stderr and "FS_CRM_RECORDING_URL_SECRET" in result.stderr
+
+
+def test_given_bad_listen_when_playback_then_usage_error():
+    result = fs_crm("playback", "-c", "x.toml", "--listen", "nowhere")
+    assert result.returncode == 2 and "expected HOST:PORT" in result.stderr
