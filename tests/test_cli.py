@@ -1,11 +1,15 @@
 """The `fs-crm` command line, run as an operator would run it (a subprocess)."""
 
+import datetime as dt
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
-from e2e import API_KEY, write_toml
+import requests
+from e2e import API_KEY, RECORDING, free_port, write_toml
 
 from fs_crm.outbox import Outbox
 from recordings.base import content_type_of
