@@ -9,20 +9,28 @@ CRM received.
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+import gevent.select
+import requests
+
 from fs_crm import vocab
 from fs_crm.config import parse_config
 from fs_crm.service import Service
+from fs_crm.sim import free_port
+from fs_crm.sim.calls import first_leg, fresh_call, header, with_recording
 from fs_crm.sim.fake_crm import FakeCrm
-from fs_crm.sim.fake_freeswitch import FakeFreeswitch, capture_path, load_capture, renumber_call
+from fs_crm.sim.fake_freeswitch import FakeFreeswitch
 
 logger = logging.getLogger(__name__)
 
 DEMO_KEY = "demo-api-key"
+DEMO_CLIENT_ID = "demo-client-id"
 # (capture, what a person sees) in the order they are played.
+LINGER = 120
 DEMO_CALLS = (
     ("in_answered_ringgroup", "customer calls shop1; ring group 100+200; 200 answers"),
     ("in_missed", "customer calls shop1; nobody answers; the customer gives up"),
@@ -33,28 +41,21 @@ DEMO_CALLS = (
 )
 
 
-def demo_config(fs: FakeFreeswitch, crm: FakeCrm, state_dir: Path):
+def demo_config(fs: FakeFreeswitch, crm: FakeCrm, state_dir: Path, http_port: int):
     return parse_config("<demo defaults>", {
         "freeswitch": {"host": fs.host, "port": fs.port, "password": "ClueCon",
                        "reconnect_min_delay": 0.1, "reconnect_max_delay": 1.0},
-        "http": {"listen": "127.0.0.1:0", "public_url": "http://127.0.0.1:8090"},
+        "http": {"listen": "127.0.0.1:%d" % http_port, "public_url": "http://127.0.0.1:%d" % http_port},
         "state": {"dir": str(state_dir)},
+        "storage": {"backend": "local", "directory": str(state_dir / "recordings")},
         "delivery": {"retry_min_delay": 0.2, "retry_max_delay": 2.0},
         "accounts": [{
-            "name": "demo-shop", "crm_url": crm.url, "api_key": DEMO_KEY, "client_id": "demo-client-id",
+            "name": "demo-shop", "crm_url": crm.url, "api_key": DEMO_KEY, "client_id": DEMO_CLIENT_ID,
             "domain": "pbx.test", "timezone": "Europe/Moscow",
             "extensions": {"1": "100", "2": "200", "3": "300"},
             "external_phones": {"shop1": "+74999999999", "shop2": "+74998888888"},
         }],
     }, env={})
-
-
-def _fresh(scenario: str, seed: int) -> list[bytes]:
-    bodies = load_capture(capture_path(scenario))
-    first = next(int(line.split(b": ", 1)[1]) for line in bodies[0].split(b"\n")
-                 if line.startswith(b"Event-Date-Timestamp: "))
-    shift_us = (int(time.time() * 1e6) - first) // 1_000_000 * 1_000_000  # whole seconds: *_epoch vars stay true
-    return renumber_call(bodies, seed="demo-%d" % seed, time_shift_us=shift_us)
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
@@ -65,29 +66,20 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
     return "\n".join("  " + r for r in out)
 
 
-def _first_leg(bodies: list[bytes]) -> str:
-    return next(line.split(b": ", 1)[1].decode() for line in bodies[0].split(b"\n")
-                if line.startswith(b"Unique-ID: "))
-
-
-def _event_name(body: bytes) -> str:
-    start = body.find(b"Event-Name: ") + len(b"Event-Name: ")
-    return body[start:body.find(b"\n", start)].decode()
-
-
 def _received(service: Service) -> int:
     conn = service.listener.connection
     return conn.events_received if conn is not None else 0
 
 
 def run_demo(timeout: float = 45.0) -> int:
+    port = free_port()
     crm = FakeCrm(api_keys={DEMO_KEY: "demo-shop"}, known_codes={"100", "200", "300"},
                   known_sites={"shop1", "shop2"}).start()
     fs = FakeFreeswitch().start()
     number_of: dict[str, int] = {}
     ok = True
     with tempfile.TemporaryDirectory(prefix="fs-crm-demo-") as state:
-        service = Service(demo_config(fs, crm, Path(state)))
+        service = Service(demo_config(fs, crm, Path(state), port))
         service.start()
         try:
             print("fs-crm demo: simulated FreeSWITCH on %s:%d, simulated retailCRM on %s\n" % (fs.host, fs.port, crm.url))
@@ -97,17 +89,25 @@ def run_demo(timeout: float = 45.0) -> int:
             deadline = time.monotonic() + timeout
             played = 0
             for number, (scenario, story) in enumerate(DEMO_CALLS, start=1):
-                call = _fresh(scenario, number)
-                number_of[_first_leg(call)] = number
+                call = fresh_call(scenario, "demo-%d" % number)
+                # FreeSWITCH "records" external calls: a real recording is where RECORD_STOP says.
+                call = with_recording(call, Path(state) / "freeswitch-recordings")
+                number_of[first_leg(call)] = number
                 print("  call %d: %s" % (number, story))
                 fs.play(call)
-                played += sum(1 for body in call if _event_name(body) in vocab.SUBSCRIBED_EVENTS)
+                played += sum(1 for body in call if header(body, "Event-Name") in vocab.SUBSCRIBED_EVENTS)
                 # One call at a time, so the tables below read as a story: every event in, the call
                 # finished, its history delivered and its cards sent.
                 finished = crm.wait_for(lambda played=played: _received(service) >= played and service.tracker.active_calls() == 0
-                                        and service.outbox.stats().pending == 0 and not service.cards.pool.greenlets,
+                                        and service.outbox.stats().pending == 0 and service.outbox.stats().held == 0
+                                        and not service.cards.pool.greenlets,
                                         timeout=max(0.1, deadline - time.monotonic()))
                 ok = ok and finished
+            playback = _play_recording(crm, number_of)
+            if playback and sys.stdin.isatty():
+                print("\nThe recording URL above plays while the demo runs (open it in a browser, or:\n"
+                      "  curl -o call.wav '%s')\nPress Enter to finish (or wait %d s)." % (playback, LINGER))
+                _wait_for_enter(LINGER)
         finally:
             service.stop()
             fs.stop()
@@ -122,12 +122,32 @@ def run_demo(timeout: float = 45.0) -> int:
     print("\nCall history the CRM received (POST /api/v5/telephony/calls/upload):")
     print(_table([[label(c, "externalId"), c["date"], c["type"], c["phone"], c.get("code", "-"),
                    str(c.get("userId", "-")), c["result"], "%ss" % c["duration"], "%ss" % c["durationWaiting"],
-                   c.get("externalPhone", ""), c.get("site", "")] for c in crm.calls],
+                   c.get("externalPhone", ""), c.get("site", ""), "yes" if c.get("recordUrl") else "-"]
+                  for c in crm.calls],
                  ["call", "date", "type", "customer", "ext", "user", "result", "talk", "waited", "company number",
-                  "store"]))
+                  "store", "recording"]))
     if not ok or len(crm.calls) != expected:
         print("\nFAILED: the CRM received %d of %d calls within %ss" % (len(crm.calls), expected, timeout))
         return 1
     print("\nOK: %d calls in the CRM history and %d call cards; call 6 was internal and stayed out of the CRM."
           % (len(crm.calls), len(crm.events)))
     return 0
+
+
+def _play_recording(crm: FakeCrm, number_of: dict[str, int]) -> str | None:
+    """Fetch a recordUrl the way the CRM's player does (GET with the module's clientId)."""
+    recorded = [c for c in crm.calls if c.get("recordUrl")]
+    if not recorded:
+        print("\nno call carried a recordUrl")
+        return None
+    url = "%s?clientId=%s" % (recorded[0]["recordUrl"], DEMO_CLIENT_ID)
+    answer = requests.get(url, timeout=5)
+    print("\nRecording of call %s, as the CRM's player fetches it:\n  GET %s\n  -> HTTP %d, %s, %d bytes" % (
+        number_of.get(recorded[0]["externalId"], "?"), url, answer.status_code, answer.headers.get("Content-Type"), len(answer.content)))
+    return url if answer.status_code == 200 else None
+
+
+def _wait_for_enter(timeout: float) -> None:
+    ready = gevent.select.select([sys.stdin], [], [], timeout)[0]
+    if ready:
+        sys.stdin.readline()

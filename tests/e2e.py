@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -12,20 +10,11 @@ from pathlib import Path
 
 from fs_crm.config import parse_config
 from fs_crm.sim.fake_crm import FakeCrm
-from fs_crm.sim.fake_freeswitch import FakeFreeswitch, capture_path, load_capture, renumber_call
+from fs_crm.sim.fake_freeswitch import FakeFreeswitch
 
 API_KEY = "e2e-key"
 EXTENSIONS = {"1": "100", "2": "200", "3": "300"}
 PHONES = {"shop1": "+74999999999", "shop2": "+74998888888"}
-
-
-RECORDING = Path(__file__).parent / "fixtures" / "pbx" / "in_answered_ringgroup.recording.wav"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def config_table(fs: FakeFreeswitch, crm: FakeCrm, state_dir: Path, **delivery) -> dict:
@@ -47,14 +36,6 @@ def make_config(fs, crm, state_dir, storage=None, http_port=0, **delivery):
         table["storage"] = storage
     table["http"] = {"listen": "127.0.0.1:%d" % http_port, "public_url": "http://127.0.0.1:%d" % http_port}
     return parse_config("<e2e>", table, env={})
-
-
-def with_recording(bodies: list[bytes], directory: Path) -> list[bytes]:
-    """The call's RECORD_STOP names a real file in `directory` (a copy of a real recording)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    moved = [body.replace(b"/srv/fsrec/", str(directory).encode() + b"/") for body in bodies]
-    shutil.copyfile(RECORDING, directory / ("%s.wav" % call_id(bodies)))
-    return moved
 
 
 def write_toml(path: Path, fs, crm, state_dir) -> Path:
@@ -94,23 +75,6 @@ shop1 = "+74999999999"
 shop2 = "+74998888888"
 """)
     return path
-
-
-def fresh_call(scenario: str, seed) -> list[bytes]:
-    """A captured call renumbered into a new call happening now (so its cards are not stale)."""
-    bodies = load_capture(capture_path(scenario))
-    first = next(int(line.split(b": ", 1)[1]) for line in bodies[0].split(b"\n")
-                 if line.startswith(b"Event-Date-Timestamp: "))
-    # A whole-second shift keeps FreeSWITCH's own *_epoch variables consistent with the microsecond stamps.
-    shift_us = (int(time.time() * 1e6) - first) // 1_000_000 * 1_000_000
-    return renumber_call(bodies, seed=seed, time_shift_us=shift_us)
-
-
-def call_id(bodies: list[bytes]) -> str:
-    for line in bodies[0].split(b"\n"):
-        if line.startswith(b"Unique-ID: "):
-            return line.split(b": ", 1)[1].decode()
-    raise AssertionError("no Unique-ID")
 
 
 def start_fakes():

@@ -2,9 +2,11 @@
 
 import pytest
 import requests
-from e2e import RECORDING, call_id, free_port, fresh_call, make_config, wait_until, with_recording
+from e2e import make_config, wait_until
 
 from fs_crm.service import Service
+from fs_crm.sim import free_port
+from fs_crm.sim.calls import RECORDING, first_leg, fresh_call, with_recording
 
 
 @pytest.fixture
@@ -39,14 +41,14 @@ def test_given_recorded_call_when_finished_then_history_has_playable_record_url(
     assert requests.get(url, params={"clientId": "someone-else"}, timeout=5).status_code == 403
     assert requests.get(url, timeout=5).status_code == 403
     # FreeSWITCH's copy is gone once the store confirmed the object.
-    assert not (fsrec / ("%s.wav" % call_id(call))).exists()
+    assert not (fsrec / ("%s.wav" % first_leg(call))).exists()
 
 
 def test_given_recording_file_vanished_when_call_ends_then_history_goes_at_once_without_url(fakes, recorded):
     fs, crm = fakes
     svc, _, fsrec = recorded
     call = with_recording(fresh_call("out_answered", "rec-gone"), fsrec)
-    (fsrec / ("%s.wav" % call_id(call))).unlink()
+    (fsrec / ("%s.wav" % first_leg(call))).unlink()
     fs.play(call)
     assert crm.wait_for(lambda: len(crm.calls) == 1, timeout=10)
     assert "recordUrl" not in crm.calls[0]
@@ -84,6 +86,6 @@ def test_given_storage_down_past_max_wait_when_expired_then_call_goes_without_re
         assert crm.wait_for(lambda: len(crm.calls) == 1, timeout=10)
         assert "recordUrl" not in crm.calls[0]
         # The file stays on FreeSWITCH's disk while the store is down: nothing is lost.
-        assert (tmp_path / "fsrec" / ("%s.wav" % call_id(call))).exists()
+        assert (tmp_path / "fsrec" / ("%s.wav" % first_leg(call))).exists()
     finally:
         svc.stop()

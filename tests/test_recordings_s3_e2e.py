@@ -2,10 +2,12 @@
 
 import pytest
 import requests
-from e2e import RECORDING, call_id, free_port, fresh_call, make_config, wait_until, with_recording
+from e2e import make_config, wait_until
 from moto_s3 import BUCKET, REGION, MotoProcess, admin_client, use_fake_aws_credentials
 
 from fs_crm.service import Service
+from fs_crm.sim import free_port
+from fs_crm.sim.calls import RECORDING, first_leg, fresh_call, with_recording
 
 
 @pytest.fixture(autouse=True)
@@ -53,8 +55,8 @@ def test_given_s3_storage_when_recorded_call_ends_then_crm_url_plays_from_s3_wit
 
     objects = admin_client(state["moto"].endpoint).list_objects_v2(Bucket=BUCKET)["Contents"]
     assert [o["Key"] for o in objects] == ["shop/%s/%s.wav" % (crm.calls[0]["date"][:10].replace("-", "/"),
-                                                               call_id(call))]
-    assert not (tmp_path / "fsrec" / ("%s.wav" % call_id(call))).exists()
+                                                               first_leg(call))]
+    assert not (tmp_path / "fsrec" / ("%s.wav" % first_leg(call))).exists()
 
 
 def test_given_s3_down_when_it_comes_back_then_history_delivered_once_with_record_url(fakes, s3_service, tmp_path):
@@ -67,18 +69,18 @@ def test_given_s3_down_when_it_comes_back_then_history_delivered_once_with_recor
     fs.play(plain)
 
     assert wait_until(lambda: svc.recordings.last_error is not None, timeout=10)
-    assert crm.wait_for(lambda: [c["externalId"] for c in crm.calls] == [call_id(plain)], timeout=10)
+    assert crm.wait_for(lambda: [c["externalId"] for c in crm.calls] == [first_leg(plain)], timeout=10)
     assert svc.outbox.stats().held == 1
-    assert (tmp_path / "fsrec" / ("%s.wav" % call_id(call))).exists()
+    assert (tmp_path / "fsrec" / ("%s.wav" % first_leg(call))).exists()
 
     state["moto"] = start_moto(tmp_path, s3_port)
     assert crm.wait_for(lambda: len(crm.calls) == 2, timeout=20)
     recorded = crm.calls[1]
-    assert recorded["externalId"] == call_id(call) and recorded["recordUrl"]
+    assert recorded["externalId"] == first_leg(call) and recorded["recordUrl"]
     played = requests.get(recorded["recordUrl"], params={"clientId": "client-1"}, timeout=5)
     assert played.status_code == 200 and played.content == RECORDING.read_bytes()
     assert not crm.wait_for(lambda: len(crm.calls) > 2, timeout=1.0)
-    assert not (tmp_path / "fsrec" / ("%s.wav" % call_id(call))).exists()
+    assert not (tmp_path / "fsrec" / ("%s.wav" % first_leg(call))).exists()
 
 
 def test_given_s3_down_when_recording_requested_then_503(fakes, s3_service, tmp_path):

@@ -3,9 +3,10 @@
 import signal
 
 import pytest
-from e2e import call_id, fresh_call, make_config, spawn_service, wait_until, write_toml
+from e2e import make_config, spawn_service, wait_until, write_toml
 
 from fs_crm.service import Service
+from fs_crm.sim.calls import first_leg, fresh_call
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def test_given_ring_group_call_when_played_then_crm_gets_cards_and_one_history_r
 
     assert crm.wait_for(lambda: len(crm.calls) == 1, timeout=10)
     record = crm.calls[0]
-    assert record["externalId"] == call_id(call)
+    assert record["externalId"] == first_leg(call)
     assert (record["type"], record["result"], record["code"], record["userId"]) == ("in", "answered", "200", 2)
     assert (record["duration"], record["durationWaiting"], record["site"]) == (3, 2, "shop1")
     assert crm.wait_for(lambda: len(crm.events) == 3, timeout=5)
@@ -51,7 +52,7 @@ def test_given_crm_down_for_a_while_when_it_comes_back_then_every_call_delivered
 
     crm.set_mode("ok")
     assert crm.wait_for(lambda: len(crm.calls) == 4, timeout=10)
-    assert history_ids(crm) == [call_id(c) for c in calls]
+    assert history_ids(crm) == [first_leg(c) for c in calls]
     # The CRM has them; the service removes them from its queue once it has read the answer.
     assert wait_until(lambda: service.outbox.stats().pending == 0, timeout=5)
 
@@ -64,7 +65,7 @@ def test_given_crm_answering_garbage_when_it_recovers_then_history_arrives(fakes
     fs.play(call)
     assert wait_until(lambda: any(r.path.endswith("/calls/upload") for r in crm.requests))
     crm.set_mode("ok")
-    assert crm.wait_for(lambda: history_ids(crm) == [call_id(call)], timeout=10)
+    assert crm.wait_for(lambda: history_ids(crm) == [first_leg(call)], timeout=10)
 
 
 def test_given_freeswitch_drops_socket_mid_frame_when_it_comes_back_then_call_completes_once(fakes, service):
@@ -80,7 +81,7 @@ def test_given_freeswitch_drops_socket_mid_frame_when_it_comes_back_then_call_co
 
     fs.play(call[half:])
     assert crm.wait_for(lambda: len(crm.calls) == 1, timeout=10)
-    assert crm.calls[0]["externalId"] == call_id(call) and crm.calls[0]["result"] == "answered"
+    assert crm.calls[0]["externalId"] == first_leg(call) and crm.calls[0]["result"] == "answered"
     assert not crm.wait_for(lambda: len(crm.calls) > 1, timeout=1.0)
 
 
@@ -108,14 +109,14 @@ def test_given_malformed_frames_when_received_then_service_survives_and_later_ca
     fs.send_raw(b"Content-Length: 12\nContent-Type: text/unheard-of\n\n0123456789ab")
     call = fresh_call("out_busy", "after-garbage")
     fs.play(call)
-    assert crm.wait_for(lambda: history_ids(crm) == [call_id(call)], timeout=10)
+    assert crm.wait_for(lambda: history_ids(crm) == [first_leg(call)], timeout=10)
 
     fs.send_raw(b"Content-Length: banana\nContent-Type: text/event-plain\n\n")  # cannot resync: reconnect
     assert fs.wait_for(lambda: fs.connections_total >= 2, timeout=10)
     assert fs.wait_subscribed(timeout=10)
     second = fresh_call("out_answered", "after-reconnect")
     fs.play(second)
-    assert crm.wait_for(lambda: history_ids(crm) == [call_id(call), call_id(second)], timeout=10)
+    assert crm.wait_for(lambda: history_ids(crm) == [first_leg(call), first_leg(second)], timeout=10)
 
 
 def test_given_internal_call_when_played_then_crm_gets_nothing(fakes, service):
@@ -124,7 +125,7 @@ def test_given_internal_call_when_played_then_crm_gets_nothing(fakes, service):
     marker = fresh_call("out_busy", "marker")
     fs.play(marker)
     assert crm.wait_for(lambda: len(crm.calls) == 1, timeout=10)
-    assert history_ids(crm) == [call_id(marker)]
+    assert history_ids(crm) == [first_leg(marker)]
 
 
 def test_given_stale_card_when_crm_slow_then_card_dropped_but_history_kept(fakes, state_dir):
@@ -138,7 +139,7 @@ def test_given_stale_card_when_crm_slow_then_card_dropped_but_history_kept(fakes
         fs.play(call)
         assert wait_until(lambda: svc.cards.dropped >= 1, timeout=5)
         crm.set_mode("ok")
-        assert crm.wait_for(lambda: history_ids(crm) == [call_id(call)], timeout=10)
+        assert crm.wait_for(lambda: history_ids(crm) == [first_leg(call)], timeout=10)
         assert crm.events == []
     finally:
         svc.stop()
@@ -153,7 +154,7 @@ def test_given_fs_crm_run_when_sigterm_then_it_drains_and_exits_zero(fakes, tmp_
         assert fs.wait_subscribed(timeout=20)
         call = fresh_call("out_answered", "cli")
         fs.play(call)
-        assert crm.wait_for(lambda: history_ids(crm) == [call_id(call)], timeout=15)
+        assert crm.wait_for(lambda: history_ids(crm) == [first_leg(call)], timeout=15)
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=20)
@@ -184,7 +185,7 @@ def test_given_kill_9_mid_upload_when_restarted_then_nothing_lost_and_nothing_do
     restarted = spawn_service(config, tmp_path / "service.log")
     try:
         assert crm.wait_for(lambda: len(crm.calls) == 3, timeout=20), (tmp_path / "service.log").read_text()
-        assert sorted(history_ids(crm)) == sorted(call_id(c) for c in calls)
+        assert sorted(history_ids(crm)) == sorted(first_leg(c) for c in calls)
         assert not crm.wait_for(lambda: len(crm.calls) > 3, timeout=1.0)
     finally:
         restarted.send_signal(signal.SIGTERM)
@@ -224,7 +225,7 @@ def test_given_kill_9_mid_call_when_call_ends_while_down_then_restart_reports_it
     try:
         assert crm.wait_for(lambda: len(crm.calls) == 1, timeout=20), (tmp_path / "service.log").read_text()
         record = crm.calls[0]
-        assert record["externalId"] == call_id(call)
+        assert record["externalId"] == first_leg(call)
         assert (record["type"], record["result"], record["code"]) == ("in", "answered", "200")
     finally:
         restarted.send_signal(signal.SIGTERM)

@@ -1,5 +1,6 @@
 """Simulated outside systems (FreeSWITCH over real ESL sockets, retailCRM over real HTTP) for tests and the demo."""
 
+import socket
 import time
 from typing import Any, Callable
 
@@ -14,3 +15,10 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
             return False
         gevent.sleep(interval)
     return True
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (for configs that must name their port)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
