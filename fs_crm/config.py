@@ -104,6 +104,33 @@ class AccountConfig:
     extensions: tuple[tuple[int, str], ...] = ()
     # (store code, company number) pairs, in file order.
     external_phones: tuple[tuple[str, str], ...] = ()
+    # --- CRM to PBX ---
+    # The account's dialplan context: click-to-call dials the customer there when no outbound
+    # route is given (as if the manager had dialled the number), and routing falls back there.
+    context: str = "default"
+    # Click-to-call: a dial string with {number} (e.g. "sofia/gateway/carrier/{number}") to reach the
+    # customer directly, instead of the dialplan. Values are checked against a whitelist.
+    outbound_route: str | None = None
+    # Seconds the manager's phone rings on click-to-call before giving up.
+    answer_timeout: int = 30
+    # Routing: dialplan destination (ring group, queue or extension) in `context` for incoming calls
+    # whose responsible manager is unknown, away, unregistered, or when the CRM is slow or failing.
+    fallback: str | None = None
+    # Where CRM user statuses go on the PBX: "none" (fs-crm's own routing only), "callcenter"
+    # (mod_callcenter agent status), "hash" or "db" (a do-not-disturb flag the dialplan can read).
+    status_push: str = "none"
+    # mod_callcenter agent name for an extension.
+    callcenter_agent: str = "{extension}@{domain}"
+
+    @property
+    def default_external_phone(self) -> str | None:
+        return self.external_phones[0][1] if self.external_phones else None
+
+    def extension_of(self, user_id: int) -> str | None:
+        for uid, ext in self.extensions:
+            if uid == user_id:
+                return ext
+        return None
 
     @property
     def zone(self) -> zoneinfo.ZoneInfo:
@@ -131,6 +158,16 @@ class AccountConfig:
 
 
 @dataclass(frozen=True)
+class RoutingConfig:
+    # The outbound-socket app FreeSWITCH connects to (`socket 127.0.0.1:8084 async full`).
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8084
+    enabled: bool = True
+    # Hard deadline for asking the CRM who the caller's responsible manager is.
+    manager_timeout: float = 1.5
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     freeswitch: FreeswitchConfig
@@ -140,6 +177,7 @@ class Config:
     accounts: tuple[AccountConfig, ...]
     log_level: str = "INFO"
     storage: StorageConfig = StorageConfig()
+    routing: RoutingConfig = RoutingConfig()
 
     def account(self, name: str) -> AccountConfig:
         for acc in self.accounts:
@@ -148,7 +186,7 @@ class Config:
         raise KeyError(name)
 
 
-_SECTIONS = {"freeswitch", "http", "state", "delivery", "accounts", "logging", "storage"}
+_SECTIONS = {"freeswitch", "http", "state", "delivery", "accounts", "logging", "storage", "routing"}
 
 
 class _Reader:
@@ -198,6 +236,9 @@ class _Reader:
 
 
 _REQUIRED = object()
+# Values that end up inside FreeSWITCH commands are whitelisted here, at load time.
+_SAFE_WORD = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_ROUTE = re.compile(r"[A-Za-z0-9_./@:-]*\{number\}[A-Za-z0-9_./@:-]*")
 
 
 def _parse_listen(reader: _Reader, value: str) -> tuple[str, int]:
@@ -267,10 +308,31 @@ def _load_account(path: str, index: int, table: Any, env: Mapping[str, str]) -> 
         if not re.fullmatch(r"\+?[0-9]{3,20}", cleaned):
             raise r.error(key, "must be a phone number of 3-20 digits with an optional leading +, got %r" % (number,))
         external_phones.append((site, cleaned))
+    context = r.str("context", "default")
+    if not _SAFE_WORD.fullmatch(context):
+        raise r.error("context", "may hold only letters, digits, '_', '-' and '.', got %r" % context)
+    if not _SAFE_WORD.fullmatch(domain):
+        raise r.error("domain", "may hold only letters, digits, '_', '-' and '.', got %r" % domain)
+    outbound_route = r.str("outbound_route", None)
+    if outbound_route is not None and not _ROUTE.fullmatch(outbound_route):
+        raise r.error("outbound_route", "must be a dial string holding {number} once and only letters, digits and "
+                      "/ @ . : _ - otherwise (e.g. \"sofia/gateway/carrier/{number}\"), got %r" % outbound_route)
+    fallback = r.str("fallback", None)
+    if fallback is not None and not _SAFE_WORD.fullmatch(fallback):
+        raise r.error("fallback", "must be a dialplan destination (letters, digits, '_', '-', '.'), got %r" % fallback)
+    status_push = r.str("status_push", "none")
+    if status_push not in ("none", "callcenter", "hash", "db"):
+        raise r.error("status_push", "must be one of none, callcenter, hash, db, got %r" % status_push)
+    agent = r.str("callcenter_agent", "{extension}@{domain}")
+    if not re.fullmatch(r"[A-Za-z0-9_.@{}-]+", agent) or "{extension}" not in agent:
+        raise r.error("callcenter_agent", "must contain {extension} and only letters, digits, _ . @ -, got %r" % agent)
     r.check_unknown()
     return AccountConfig(
         name=name, crm_url=crm_url, api_key=api_key, client_id=client_id, code=code, domain=domain,
         timezone=timezone, extensions=tuple(extensions), external_phones=tuple(external_phones),
+        context=context, outbound_route=outbound_route,
+        answer_timeout=r.number("answer_timeout", 30, minimum=5, integer=True), fallback=fallback,
+        status_push=status_push, callcenter_agent=agent,
     )
 
 
@@ -322,6 +384,13 @@ def parse_config(path: str, data: Mapping[str, Any], env: Mapping[str, str] | No
 
     storage = _load_storage(_Reader(path, "storage", data.get("storage", {})), state.dir)
 
+    r = _Reader(path, "routing", data.get("routing", {}))
+    d_routing = RoutingConfig()
+    host, port = _parse_listen(r, r.str("listen", "%s:%d" % (d_routing.listen_host, d_routing.listen_port)))
+    routing = RoutingConfig(listen_host=host, listen_port=port, enabled=r.bool("enabled", True),
+                            manager_timeout=r.number("manager_timeout", d_routing.manager_timeout, minimum=0.05))
+    r.check_unknown()
+
     raw_accounts = data.get("accounts")
     if not raw_accounts:
         raise ConfigError(path, "accounts", None, "at least one [[accounts]] table is required")
@@ -343,7 +412,7 @@ def parse_config(path: str, data: Mapping[str, Any], env: Mapping[str, str] | No
                 raise ConfigError(path, "accounts %r" % a.name, "domain",
                                   "two accounts share domain %r; calls could not be told apart" % a.domain)
     return Config(path=path, freeswitch=freeswitch, http=http, state=state, delivery=delivery,
-                  accounts=accounts, log_level=level, storage=storage)
+                  accounts=accounts, log_level=level, storage=storage, routing=routing)
 
 
 def _load_storage(r: _Reader, state_dir: Path) -> StorageConfig:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FILE_NAME = "outbox.sqlite3"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 PENDING = "pending"
 HELD = "held"
 FAILED = "failed"
@@ -97,6 +97,17 @@ _MIGRATIONS: tuple[str, ...] = (
         last_error TEXT,
         UNIQUE (account, external_id)
     )
+    """,
+    # 4: CRM user statuses (free / busy / dinner / break), remembered across restarts.
+    """
+    CREATE TABLE user_status (
+        account TEXT NOT NULL,
+        extension TEXT NOT NULL,
+        user_id INTEGER,
+        status TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (account, extension)
+    ) WITHOUT ROWID
     """,
 )
 
@@ -490,3 +501,18 @@ class Outbox:
         with self._write("finish_recording %s/%s" % (job.account, job.external_id)) as db:
             db.execute("DELETE FROM recordings WHERE id = ?", (job.id,))
             return self._release(db, job.account, job.external_id, updates)
+
+    # --- CRM user statuses ----------------------------------------------------------------------
+
+    def set_user_status(self, account: str, extension: str, user_id: int | None, status: str) -> None:
+        with self._write("set_user_status %s/%s" % (account, extension)) as db:
+            db.execute("INSERT INTO user_status (account, extension, user_id, status, updated_at) VALUES (?, ?, ?, ?, ?)"
+                       " ON CONFLICT (account, extension) DO UPDATE SET user_id = excluded.user_id,"
+                       " status = excluded.status, updated_at = excluded.updated_at",
+                       (account, extension, user_id, status, self._clock()))
+
+    def user_statuses(self) -> dict[tuple[str, str], str]:
+        """(account, extension) -> last status the CRM sent."""
+        with self._read("user_statuses") as db:
+            rows = db.execute("SELECT account, extension, status FROM user_status").fetchall()
+        return {(account, extension): status for account, extension, status in rows}

@@ -12,7 +12,10 @@ from typing import Callable
 import gevent
 import gevent.event
 
+from fs_crm.callbacks import make_app as make_callbacks_app
 from fs_crm.cards import CardSender
+from fs_crm.clicktocall import ClickToCall
+from fs_crm.commands import FreeswitchCommands
 from fs_crm.config import Config
 from fs_crm.crm import CrmClient, RateLimiter
 from fs_crm.esl import EslConnection, EslError, EslListener
@@ -22,6 +25,7 @@ from fs_crm.http import HttpServer, build_app
 from fs_crm.outbox import NewCall, Outbox, RecordingFile
 from fs_crm.payloads import CallEvent, CallRecord
 from fs_crm.recording_uploads import RecordingUploader
+from fs_crm.statuses import UserStatuses
 from fs_crm.tracker import CallTracker, parse_live_channels
 from recordings.base import RecordingStore, content_type_of
 from recordings.local import LocalStore
@@ -61,9 +65,15 @@ class Service:
         self.listener = EslListener(config.freeswitch, self.on_event, self.on_connected,
                                     on_read_done=self.on_read_done)
         self._finished: list[CallRecord] = []
+        accounts = {a.name: a for a in config.accounts}
+        # Commands (click-to-call, registration checks, status pushes) never share the event connection.
+        self.commands = FreeswitchCommands(config.freeswitch)
+        self.statuses = UserStatuses(self.outbox, accounts, self.commands)
+        self.commands.on_connected = self.statuses.push_all
+        self.click_to_call = ClickToCall(accounts, self.commands)
         self.store: RecordingStore | None = None
         self.recordings: RecordingUploader | None = None
-        parts = []
+        parts = [make_callbacks_app(self.click_to_call, self.statuses, accounts)]
         if config.storage.backend:
             self.store = build_store(config)
             codec = TokenCodec(load_secret(config.storage.url_secret, config.state.dir))
@@ -206,6 +216,7 @@ class Service:
         if self.recordings is not None:
             self.recordings.stop()
         self.history.stop()
+        self.commands.close()
         for greenlet in self._greenlets:
             greenlet.join(timeout=5.0)
         gevent.killall([g for g in self._greenlets if not g.dead], timeout=2.0)
@@ -221,6 +232,7 @@ class Service:
         stats = self.outbox.stats()
         details = {
             "esl_connected": self.listener.connected,
+            "command_connection_last_error": self.commands.last_error,
             "esl_last_error": self.listener.last_error,
             "calls_in_progress": self.tracker.active_calls(),
             "outbox": {"pending": stats.pending, "failed": stats.failed, "held": stats.held,

@@ -71,6 +71,9 @@ class S3Store:
             # timeouts, throttling and 5xx answers.
             retries={"total_max_attempts": max_attempts, "mode": "standard"},
             signature_version="s3v4",
+            # One connection per concurrent playback or upload; botocore's default 10 would make
+            # each one beyond that pay a new TLS handshake (and log a warning).
+            max_pool_connections=64,
             # S3-compatible stores rarely have wildcard DNS for virtual-host bucket names.
             s3={"addressing_style": "path"} if endpoint_url else None,
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -15,9 +14,10 @@ from urllib.parse import parse_qsl
 import bottle
 import gevent
 import gevent.event
-from gevent.pywsgi import WSGIHandler, WSGIServer
+from gevent.pywsgi import WSGIServer
 
 from fs_crm import vocab
+from fs_crm.http import NoDelayHandler
 from fs_crm.sim import wait_for
 
 logger = logging.getLogger(__name__)
@@ -38,14 +38,6 @@ _NGINX_503 = ("<html>\r\n<head><title>503 Service Temporarily Unavailable</title
               "</body>\r\n</html>\r\n")
 _HTML_502 = ("<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
              "<body><h1>502 Bad Gateway</h1></body></html>")
-
-
-class _NoDelayHandler(WSGIHandler):
-    def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None):
-        # gevent sends the status line and the body in two writes; with Nagle's algorithm and
-        # delayed ACKs every answer on a kept-alive connection would then take ~40 ms.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().__init__(sock, address, server, rfile)
 
 
 class _Headers(dict):
@@ -107,9 +99,10 @@ class FakeCrm:
 
     def __init__(self, api_keys: Mapping[str, str] | None = None, known_codes: set[str] | None = None,
                  known_sites: set[str] | None = None, scopes: Iterable[str] = ALL_SCOPES,
-                 enforce_rate_limit: bool = False):
+                 enforce_rate_limit: bool = False, known_user_ids: set[int] | None = None):
         self.api_keys = dict(api_keys if api_keys is not None else {"test-key": "shop"})
         self.known_codes, self.known_sites = known_codes, known_sites
+        self.known_user_ids = known_user_ids
         self.scopes = tuple(scopes)
         self.enforce_rate_limit = enforce_rate_limit
         self.requests: list[Received] = []
@@ -119,6 +112,7 @@ class FakeCrm:
         self.stall_seconds = 5.0
         self.reject_external_ids: set[str] = set()
         self.managers: dict[str, dict] = {}
+        self.modules: dict[tuple[str, str], dict] = {}  # (account, module code) -> module as last sent
         self.manager_delay = 0.0
         self._mode, self._mode_status = "ok", None
         self._unstall = gevent.event.Event()  # set to release requests stalling right now
@@ -132,7 +126,7 @@ class FakeCrm:
     # --- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> FakeCrm:
-        self._server = WSGIServer(("127.0.0.1", 0), self.app, log=None, handler_class=_NoDelayHandler)
+        self._server = WSGIServer(("127.0.0.1", 0), self.app, log=None, handler_class=NoDelayHandler)
         self._server.start()
         logger.info("fake retailCRM listening on %s", self.url)
         return self
@@ -188,6 +182,8 @@ class FakeCrm:
             ("POST", "/api/v5/telephony/calls/upload", self._calls_upload),
             ("GET", "/api/v5/telephony/manager", self._manager),
             ("GET", "/api/credentials", self._credentials),
+            ("POST", "/api/v5/integration-modules/<code>/edit", self._module_edit),
+            ("GET", "/api/v5/integration-modules/<code>", self._module_get),
         ]
         for method, path, handler in routes:
             app.route(path, method, self._serving(handler))
@@ -397,6 +393,91 @@ class FakeCrm:
         if manager is not None:
             payload["manager"] = manager
         return _json(200, payload)
+
+    def _module_edit(self, account: str, received: Received) -> _Answer:
+        code = received.path.split("/")[4]
+        module, problem = self._json_field(received, "integrationModule")
+        if problem:
+            return problem
+        if not isinstance(module, dict):
+            return _error(400, "Errors in the entity format", {"integrationModule": "This value should be an object."})
+        errors = self._module_errors(code, module)
+        if errors:
+            return _error(400, "Errors in the entity format", errors)
+        telephony = (module.get("integrations") or {}).get("telephony") or {}
+        info: dict[str, list] = {}
+        if self.known_user_ids is not None:
+            unknown_users = [c["userId"] for c in telephony.get("additionalCodes") or []
+                             if c["userId"] not in self.known_user_ids]
+            if unknown_users:
+                info["notExistUsersIds"] = unknown_users
+        if self.known_sites is not None:
+            unknown_sites = [p["siteCode"] for p in telephony.get("externalPhones") or []
+                             if p["siteCode"] not in self.known_sites]
+            if unknown_sites:
+                info["notExistSiteCodes"] = unknown_sites
+        with self._lock:
+            created = (account, code) not in self.modules
+            self.modules[(account, code)] = module
+        # Like the real one: an empty JSON array, not an object, when there is nothing to report.
+        return _json(201 if created else 200, {"success": True, "info": info or []})
+
+    def _module_errors(self, code: str, module: dict) -> dict[str, str]:
+        errors: dict[str, str] = {}
+        if module.get("code") != code:
+            errors["code"] = "The code in the body must match the code in the URL."
+        for name in ("integrationCode", "name", "clientId", "baseUrl"):
+            if not isinstance(module.get(name), str) or not module[name]:
+                errors[name] = "This value should not be blank."
+        for name in ("logo", "accountUrl"):
+            if name in module and not isinstance(module[name], str):
+                errors[name] = "This value should be of type string."
+        if "active" in module and not isinstance(module["active"], bool):
+            errors["active"] = "This value should be of type bool."
+        integrations = module.get("integrations")
+        if integrations is None:
+            return errors
+        telephony = integrations.get("telephony") if isinstance(integrations, dict) else None
+        if not isinstance(telephony, dict):
+            errors["integrations"] = "This value should hold a telephony object."
+            return errors
+        prefix = "integrations[telephony]"
+        for name in ("allowEdit", "inputEventSupported", "outputEventSupported", "hangupEventSupported"):
+            if name in telephony and not isinstance(telephony[name], bool):
+                errors["%s[%s]" % (prefix, name)] = "This value should be of type bool."
+        for name in ("makeCallUrl", "changeUserStatusUrl"):
+            if name in telephony and not isinstance(telephony[name], str):
+                errors["%s[%s]" % (prefix, name)] = "This value should be of type string."
+        codes = telephony.get("additionalCodes", [])
+        if not isinstance(codes, list):
+            errors[prefix + "[additionalCodes]"] = "This value should be a list."
+            codes = []
+        for i, item in enumerate(codes):
+            where = "%s[additionalCodes][%d]" % (prefix, i)
+            if not isinstance(item, dict) or not _is_int(item.get("userId")):
+                errors[where + "[userId]"] = "This value should be of type integer."
+            if not isinstance(item, dict) or not isinstance(item.get("code"), str) or not item["code"]:
+                errors[where + "[code]"] = "This value should be of type string."
+        phones = telephony.get("externalPhones", [])
+        if not isinstance(phones, list):
+            errors[prefix + "[externalPhones]"] = "This value should be a list."
+            phones = []
+        for i, item in enumerate(phones):
+            where = "%s[externalPhones][%d]" % (prefix, i)
+            for name in ("siteCode", "externalPhone"):
+                if not isinstance(item, dict) or not isinstance(item.get(name), str) or not item[name]:
+                    errors["%s[%s]" % (where, name)] = "This value should be of type string."
+        return errors
+
+    def _module_get(self, account: str, received: Received) -> _Answer:
+        code = received.path.split("/")[4]
+        with self._lock:
+            module = self.modules.get((account, code))
+        if module is None:
+            return _error(404, "Not found")
+        # The real answer adds read-only flags and does not give clientId back.
+        shown = {k: v for k, v in module.items() if k != "clientId"}
+        return _json(200, {"success": True, "integrationModule": {"freeze": False, "native": False, **shown}})
 
     def _credentials(self, account: str, received: Received) -> _Answer:
         return _json(200, {

@@ -1,0 +1,175 @@
+"""Click-to-call: the CRM asks for a call, the manager's phone rings first (showing the customer's
+number), and once answered the customer is dialled with the company number as caller ID.
+
+Nothing from the request is escaped-and-hoped into the originate command: the phone must be
+digits with an optional leading +, the extension must be one of the account's, and every other
+part comes from the validated config.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from fs_crm.commands import FreeswitchCommands
+from fs_crm.config import AccountConfig
+from fs_crm.esl import EslCommandError, EslError
+
+logger = logging.getLogger(__name__)
+
+PHONE = re.compile(r"\+?[0-9]{3,20}")
+USER_ID = re.compile(r"[0-9]{1,12}")
+MAX_PARAM = 256
+
+
+class CallbackError(Exception):
+    """A CRM callback that cannot be served; `status` is the HTTP answer, the message its short reason."""
+
+    status = 500
+
+
+class Forbidden(CallbackError):
+    status = 403
+
+
+class BadRequest(CallbackError):
+    status = 400
+
+
+class NotRegistered(CallbackError):
+    status = 409
+
+
+class PbxUnavailable(CallbackError):
+    status = 503
+
+
+class PbxRefused(CallbackError):
+    status = 502
+
+
+def account_for_client_id(accounts: Mapping[str, AccountConfig], client_id: str | None) -> AccountConfig:
+    """The account whose clientId this is, compared in constant time against every account."""
+    if not client_id or len(client_id) > MAX_PARAM:
+        raise Forbidden("unknown clientId")
+    given = client_id.encode("utf-8", "surrogateescape")
+    found = None
+    for account in accounts.values():
+        if hmac.compare_digest(given, account.client_id.encode("utf-8")) and found is None:
+            found = account
+    if found is None:
+        raise Forbidden("unknown clientId")
+    return found
+
+
+def manager_extension(account: AccountConfig, code: str | None, user_id: str | None) -> tuple[str, int | None]:
+    """(extension, CRM user id): `code` must be one of the account's extensions and belong to
+    `userId` when the map knows that user."""
+    if not code or not account.has_extension(code):
+        raise BadRequest("code is not an extension of this account")
+    uid = None
+    if user_id:
+        if not USER_ID.fullmatch(user_id):
+            raise BadRequest("userId must be a number")
+        uid = int(user_id)
+        mapped = account.extension_of(uid)
+        if mapped is not None and mapped != code:
+            raise BadRequest("code does not belong to userId")
+    return code, uid if uid is not None else account.user_id_of(code)
+
+
+@dataclass(frozen=True)
+class CallRequest:
+    account: AccountConfig
+    extension: str
+    user_id: int | None
+    phone: str
+    company_number: str | None
+
+
+def parse_call_request(account: AccountConfig, params: Mapping[str, str]) -> CallRequest:
+    extension, user_id = manager_extension(account, params.get("code"), params.get("userId"))
+    phone = params.get("phone") or ""
+    if len(phone) > MAX_PARAM or not PHONE.fullmatch(phone):
+        raise BadRequest("phone must be 3 to 20 digits with an optional leading +")
+    company = account.default_external_phone
+    asked = params.get("externalPhone")
+    if asked:
+        match = account.site_of(asked) if len(asked) <= MAX_PARAM else None
+        if match is not None:
+            company = match[1]
+        else:
+            logger.info("account %s: externalPhone asked by the CRM is not configured; using %s", account.name,
+                        company or "the dialplan's caller ID")
+    return CallRequest(account, extension, user_id, phone, company)
+
+
+def originate_command(call: CallRequest, call_uuid: str) -> str:
+    """`originate` for the manager's phone first, then the customer (pure)."""
+    account = call.account
+    manager_leg = {
+        "origination_uuid": call_uuid,
+        # The manager's phone shows whom it is going to call.
+        "origination_caller_id_number": call.phone,
+        "origination_caller_id_name": call.phone,
+        "originate_timeout": str(account.answer_timeout),
+        "ignore_early_media": "true",
+        "hangup_after_bridge": "true",
+        # Markers the call tracker reads: an outgoing call of this manager to this customer.
+        "crm_direction": "out",
+        "crm_phone": call.phone,
+    }
+    if call.user_id is not None:
+        manager_leg["crm_user_id"] = str(call.user_id)
+    if call.company_number:
+        manager_leg["crm_external_phone"] = call.company_number
+        # Legs created from the manager's leg (the customer's) present the company number.
+        manager_leg["effective_caller_id_number"] = call.company_number
+        manager_leg["effective_caller_id_name"] = call.company_number
+    first = "{%s}user/%s@%s" % (",".join("%s=%s" % kv for kv in manager_leg.items()), call.extension, account.domain)
+    if account.outbound_route:
+        customer_leg = account.outbound_route.replace("{number}", call.phone)
+        cid = call.company_number
+        prefix = "{origination_caller_id_number=%s,origination_caller_id_name=%s}" % (cid, cid) if cid else ""
+        return "originate %s &bridge(%s%s)" % (first, prefix, customer_leg)
+    # No route configured: the customer is dialled through the account's own dialplan, exactly as
+    # if the manager had dialled the number from the phone.
+    return "originate %s %s XML %s" % (first, call.phone, account.context)
+
+
+class ClickToCall:
+    def __init__(self, accounts: Mapping[str, AccountConfig], commands: FreeswitchCommands,
+                 new_uuid: Callable[[], str] = lambda: str(uuid.uuid4()), clock: Callable[[], float] = time.monotonic):
+        self.accounts = accounts
+        self.commands = commands
+        self.new_uuid = new_uuid
+        self.clock = clock
+        self.timings_ms: list[float] = []
+
+    def make_call(self, params: Mapping[str, str]) -> str:
+        """Start the call; returns its UUID once FreeSWITCH has accepted it (not answered)."""
+        started = self.clock()
+        account = account_for_client_id(self.accounts, params.get("clientId"))
+        call = parse_call_request(account, params)
+        try:
+            if not self.commands.is_registered(call.extension, account.domain, timeout=1.0):
+                raise NotRegistered("extension %s is not registered" % call.extension)
+            call_uuid = self.new_uuid()
+            self.commands.bgapi(originate_command(call, call_uuid), job_uuid=self.new_uuid(), timeout=2.0)
+        except EslCommandError as exc:
+            logger.warning("account %s: FreeSWITCH refused click-to-call for extension %s: %s", account.name,
+                           call.extension, exc)
+            raise PbxRefused("FreeSWITCH refused the call") from None
+        except EslError as exc:
+            logger.warning("account %s: click-to-call for extension %s: FreeSWITCH unavailable: %s", account.name,
+                           call.extension, exc)
+            raise PbxUnavailable("FreeSWITCH unavailable") from None
+        self.timings_ms.append((self.clock() - started) * 1000)
+        logger.info("call %s account %s: click-to-call from extension %s to ...%s started", call_uuid, account.name,
+                    call.extension, call.phone[-4:])
+        return call_uuid
