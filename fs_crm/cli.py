@@ -167,6 +167,67 @@ def cmd_playback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_register(args: argparse.Namespace) -> int:
+    """Create or update each account's telephony module in its CRM (or show / compare it)."""
+    import json
+
+    from fs_crm.crm import CrmClient, CrmError
+    from fs_crm.registration import differences, info_problems, module_payload, public_url_warnings
+
+    config = _load(args)
+    accounts = config.accounts
+    if args.account:
+        accounts = tuple(a for a in config.accounts if a.name == args.account)
+        if not accounts:
+            print("fs-crm register: %s has no account %r (accounts: %s)" % (
+                config.path, args.account, ", ".join(a.name for a in config.accounts)), file=sys.stderr)
+            return 2
+    for warning in public_url_warnings(config.http.public_url):
+        print("WARNING: %s" % warning)
+    ok = True
+    for account in accounts:
+        module = module_payload(account, config.http.public_url)
+        where = "account %s (%s): module %s" % (account.name, account.crm_url, account.code)
+        if args.dry_run:
+            # The operator's own config, clientId included; the API key is not part of the module.
+            print("%s: would send POST /api/v5/integration-modules/%s/edit with integrationModule =" % (
+                where, account.code))
+            print(json.dumps(module, indent=2, sort_keys=True, ensure_ascii=False))
+            continue
+        client = CrmClient(account, config.delivery)
+        try:
+            if args.check:
+                actual = client.get_integration_module(account.code)
+            else:
+                info = client.edit_integration_module(module)
+        except CrmError as exc:
+            ok = False
+            print("%s: FAILED: %s" % (where, exc))
+            continue
+        finally:
+            client.close()
+        if args.check:
+            if actual is None:
+                ok = False
+                print("%s: NOT REGISTERED in the CRM (run fs-crm register)" % where)
+                continue
+            found = differences(module, actual)
+            if found:
+                ok = False
+                print("%s: DIFFERS from the config (run fs-crm register):" % where)
+                for line in found:
+                    print("  - %s" % line)
+            else:
+                print("%s: matches the config" % where)
+            continue
+        tel = module["integrations"]["telephony"]
+        print("%s: registered (active, %d extension(s), %d external number(s))" % (
+            where, len(tel["additionalCodes"]), len(tel["externalPhones"])))
+        for problem in info_problems(account.name, info):
+            print("  WARNING: %s" % problem)
+    return 0 if ok else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from fs_crm.demo import run_demo
 
@@ -199,6 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("playback", help="serve call recordings only (scale playback out)"))
     p.add_argument("--listen", type=_host_port, help="HOST:PORT to listen on instead of [http] listen")
     p.set_defaults(func=cmd_playback)
+    p = with_config(sub.add_parser("register", help="register or update the telephony module in each CRM"))
+    p.add_argument("--account", help="only this account")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="print the module that would be sent; send nothing")
+    mode.add_argument("--check", action="store_true",
+                      help="compare the module in the CRM with the config; exit 1 if missing or different")
+    p.set_defaults(func=cmd_register)
     sub.add_parser("demo", help="run against a simulated FreeSWITCH and retailCRM").set_defaults(func=cmd_demo)
     return parser
 

@@ -32,6 +32,10 @@ UPLOAD_PATH = "/api/v5/telephony/calls/upload"
 MANAGER_PATH = "/api/v5/telephony/manager"
 CREDENTIALS_PATH = "/api/credentials"
 POOL_SIZE = 64  # unversioned, unlike every other method
+MODULE_PATH = "/api/v5/integration-modules/%s"
+# A module code goes into the URL path: only these characters, so it can never add a path segment
+# or a query string.
+_MODULE_CODE = re.compile(r"[A-Za-z0-9_-]+")
 
 # A proxy in front of a sick CRM answers with a long HTML page; a title or a short excerpt is enough.
 _SNIPPET = 200
@@ -159,6 +163,12 @@ def _strings(value: Any) -> tuple[str, ...]:
     return tuple(str(v) for v in value if isinstance(v, (str, int)) and not isinstance(v, bool))
 
 
+def _module_path(code: Any) -> str:
+    if not isinstance(code, str) or not _MODULE_CODE.fullmatch(code):
+        raise ValueError("a module code holds only letters, digits, '_' and '-', got %r" % (code,))
+    return MODULE_PATH % code
+
+
 def _html_summary(text: str) -> str:
     match = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
     summary = match.group(1) if match else re.sub(r"<[^>]+>", " ", text)
@@ -234,6 +244,41 @@ class CrmClient:
             deadline.close()
         manager = data.get("manager")
         return manager if isinstance(manager, dict) and manager else None
+
+    def edit_integration_module(self, module: dict) -> dict:
+        """Create or update the integration module `module["code"]`; returns the CRM's `info` remarks.
+
+        `info` may hold notExistUsersIds / notExistSiteCodes; with nothing to say the CRM sends
+        an empty JSON array, returned here as {}.
+        """
+        path = _module_path(module.get("code")) + "/edit"
+        # A one-off write nobody is waiting on: the generous upload timeout, behind urgent work.
+        data = self._request("POST", path, urgent=False, read_timeout=self._delivery.upload_read_timeout,
+                             form={"integrationModule": _dumps(module)})
+        info = data.get("info")
+        return info if isinstance(info, dict) else {}
+
+    def get_integration_module(self, code: str) -> dict | None:
+        """The module as the CRM holds it, or None when the CRM has no module with this code."""
+        path = _module_path(code)
+        try:
+            data = self._request("GET", path, urgent=False, read_timeout=self._delivery.event_read_timeout)
+        except CrmRejected as exc:
+            # Only the API's own JSON "Not found": a 404 HTML page means a wrong crm_url, not a missing module.
+            if exc.status == 404 and exc.error_msg.strip().rstrip(".").lower() == "not found":
+                return None
+            raise
+        module = data.get("integrationModule")
+        if isinstance(module, str):
+            # Seen in a peer's defensive parser: the module given as a JSON string.
+            try:
+                module = json.loads(module)
+            except ValueError:
+                module = None
+        if not isinstance(module, dict):
+            raise CrmUnavailable(self.account.name, "unreadable integrationModule: %s"
+                                 % self._scrub(_dumps(data.get("integrationModule")))[:_SNIPPET], path=path)
+        return module
 
     def close(self) -> None:
         self._session.close()

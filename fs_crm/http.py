@@ -15,9 +15,36 @@ from fs_crm.config import HttpConfig
 logger = logging.getLogger(__name__)
 
 
+# The module logo the CRM shows (retailCRM wants SVG): a handset in a rounded square.
+LOGO_SVG = """<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 64 64" width="64" height="64">
+<rect width="64" height="64" rx="12" fill="#1f6feb"/>
+<path fill="#fff" d="M22 14c2 0 3 1 4 3l3 7c1 2 0 3-1 4l-3 3c2 5 6 9 11 11l3-3c1-1 2-2 4-1l7 3c2 1 3 2 3 4v5
+c0 3-2 5-5 5C30 55 9 34 9 19c0-3 2-5 5-5z"/>
+</svg>
+"""
+# What the CRM's "personal account" link (accountUrl) opens: nothing secret, just what this is.
+ACCOUNT_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>fs-crm</title></head>
+<body><h1>fs-crm</h1><p>FreeSWITCH telephony for retailCRM: call cards, call history with recordings,
+click-to-call and routing to the responsible manager. The PBX operator configures it in
+<code>fs-crm.toml</code>.</p></body></html>
+"""
+
+
 def build_app(health: Callable[[], tuple[bool, dict]], *parts: bottle.Bottle) -> bottle.Bottle:
-    """The root app: `/healthz` for load balancers and monitoring, plus each feature's routes."""
+    """The root app: `/healthz` for load balancers and monitoring, the module's logo and account
+    page (see fs_crm.registration), plus each feature's routes."""
     app = bottle.Bottle()
+
+    @app.get("/logo.svg")
+    def logo():
+        bottle.response.content_type = "image/svg+xml"
+        bottle.response.set_header("Cache-Control", "public, max-age=86400")
+        return LOGO_SVG
+
+    @app.get("/")
+    def account_page():
+        bottle.response.content_type = "text/html; charset=utf-8"
+        return ACCOUNT_PAGE
 
     @app.get("/healthz")
     def healthz():

@@ -170,3 +170,13 @@ def test_given_callcenter_push_when_status_changes_then_agent_status_set(running
                      params={"clientId": "client-1", "userId": "1", "status": status}, timeout=5)
         assert wait_until(lambda e=expected: any(cmd == "api callcenter_config agent set status 100@pbx.test %s" % e
                                                  for _, cmd in fs.commands))
+
+
+def test_given_registered_module_when_crm_fetches_logo_and_account_page_then_served(running):
+    fs, crm, port, tmp_path = running
+    start(fs, crm, tmp_path, port)
+    logo = requests.get("http://127.0.0.1:%d/logo.svg" % port, timeout=5)
+    assert logo.status_code == 200 and logo.headers["Content-Type"] == "image/svg+xml"
+    assert logo.text.startswith("<svg")
+    page = requests.get("http://127.0.0.1:%d/" % port, timeout=5)
+    assert page.status_code == 200 and "fs-crm" in page.text

@@ -89,3 +89,4 @@ def test_given_storage_down_past_max_wait_when_expired_then_call_goes_without_re
         assert (tmp_path / "fsrec" / ("%s.wav" % first_leg(call))).exists()
     finally:
         svc.stop()
+
