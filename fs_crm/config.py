@@ -326,12 +326,13 @@ def _load_account(path: str, index: int, table: Any, env: Mapping[str, str]) -> 
     agent = r.str("callcenter_agent", "{extension}@{domain}")
     if not re.fullmatch(r"[A-Za-z0-9_.@{}-]+", agent) or "{extension}" not in agent:
         raise r.error("callcenter_agent", "must contain {extension} and only letters, digits, _ . @ -, got %r" % agent)
+    answer_timeout = r.number("answer_timeout", 30, minimum=5, integer=True)
     r.check_unknown()
     return AccountConfig(
         name=name, crm_url=crm_url, api_key=api_key, client_id=client_id, code=code, domain=domain,
         timezone=timezone, extensions=tuple(extensions), external_phones=tuple(external_phones),
         context=context, outbound_route=outbound_route,
-        answer_timeout=r.number("answer_timeout", 30, minimum=5, integer=True), fallback=fallback,
+        answer_timeout=answer_timeout, fallback=fallback,
         status_push=status_push, callcenter_agent=agent,
     )
 
