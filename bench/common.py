@@ -14,13 +14,12 @@ from pathlib import Path
 import gevent
 import greenlet
 
+from fs_crm.sim.config import sim_config, to_toml
 from fs_crm.sim.fake_freeswitch import capture_path, load_capture, renumber_call
 
 API_KEY = "bench-key"
 ACCOUNT = "shop"
 PASSWORD = "ClueCon"
-EXTENSIONS = {"1": "100", "2": "200", "3": "300"}
-PHONES = {"shop1": "+74999999999", "shop2": "+74998888888"}
 # Every call scenario recorded on the real PBX (register_unregister holds no call).
 SCENARIOS = ("in_answered_ringgroup", "in_missed", "in_busy", "out_answered", "out_busy", "click_to_call",
              "in_socket_route", "internal")
@@ -87,53 +86,12 @@ def percentile(values: list[float], p: float) -> float:
 
 def config_table(fs_host: str, fs_port: int, crm_url: str, state_dir: Path) -> dict:
     """The same single-account config the end-to-end tests use, as a dict for parse_config()."""
-    return {
-        "freeswitch": {"host": fs_host, "port": fs_port, "password": PASSWORD, "command_timeout": 5.0,
-                       "reconnect_min_delay": 0.05, "reconnect_max_delay": 0.5},
-        "http": {"listen": "127.0.0.1:0", "public_url": "http://127.0.0.1:8090"},
-        "state": {"dir": str(state_dir)},
-        "delivery": {"retry_min_delay": 0.05, "retry_max_delay": 0.3},
-        "accounts": [{"name": ACCOUNT, "crm_url": crm_url, "api_key": API_KEY, "client_id": "client-1",
-                      "domain": "pbx.test", "timezone": "Europe/Moscow", "extensions": EXTENSIONS,
-                      "external_phones": PHONES}],
-    }
+    return sim_config(fs_host, fs_port, crm_url, state_dir, api_key=API_KEY, account=ACCOUNT)
 
 
 def config_toml(fs_host: str, fs_port: int, crm_url: str, state_dir: Path) -> str:
     """That config as an operator writes it; the API key comes from FS_CRM_ACCOUNT_SHOP_API_KEY."""
-    extensions = "\n".join('"%s" = "%s"' % item for item in EXTENSIONS.items())
-    phones = "\n".join('%s = "%s"' % item for item in PHONES.items())
-    return f"""
-[freeswitch]
-host = "{fs_host}"
-port = {fs_port}
-password = "{PASSWORD}"
-command_timeout = 5.0
-reconnect_min_delay = 0.05
-reconnect_max_delay = 0.5
-
-[http]
-listen = "127.0.0.1:0"
-public_url = "http://127.0.0.1:8090"
-
-[state]
-dir = "{state_dir}"
-
-[delivery]
-retry_min_delay = 0.05
-retry_max_delay = 0.3
-
-[[accounts]]
-name = "{ACCOUNT}"
-crm_url = "{crm_url}"
-client_id = "client-1"
-domain = "pbx.test"
-timezone = "Europe/Moscow"
-[accounts.extensions]
-{extensions}
-[accounts.external_phones]
-{phones}
-"""
+    return to_toml(config_table(fs_host, fs_port, crm_url, state_dir))
 
 
 # --- real calls -----------------------------------------------------------------------------------

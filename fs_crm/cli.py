@@ -38,13 +38,18 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fs_crm.service import Service
+    from fs_crm.service import Service, StartupError
 
     config = _load(args)
     service = Service(config)
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, service.request_stop)
-    return service.run_forever()
+    try:
+        return service.run_forever()
+    except StartupError as exc:
+        print("fs-crm: %s" % exc, file=sys.stderr)
+        service.stop()
+        return 1
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from fs_crm.config import parse_config
 from fs_crm.service import Service
 from fs_crm.sim import free_port
 from fs_crm.sim.calls import first_leg, fresh_call, header, with_recording
+from fs_crm.sim.config import sim_config
 from fs_crm.sim.fake_crm import FakeCrm
 from fs_crm.sim.fake_freeswitch import FakeFreeswitch
 
@@ -42,20 +43,10 @@ DEMO_CALLS = (
 
 
 def demo_config(fs: FakeFreeswitch, crm: FakeCrm, state_dir: Path, http_port: int):
-    return parse_config("<demo defaults>", {
-        "freeswitch": {"host": fs.host, "port": fs.port, "password": "ClueCon",
-                       "reconnect_min_delay": 0.1, "reconnect_max_delay": 1.0},
-        "http": {"listen": "127.0.0.1:%d" % http_port, "public_url": "http://127.0.0.1:%d" % http_port},
-        "state": {"dir": str(state_dir)},
-        "storage": {"backend": "local", "directory": str(state_dir / "recordings")},
-        "delivery": {"retry_min_delay": 0.2, "retry_max_delay": 2.0},
-        "accounts": [{
-            "name": "demo-shop", "crm_url": crm.url, "api_key": DEMO_KEY, "client_id": DEMO_CLIENT_ID,
-            "domain": "pbx.test", "timezone": "Europe/Moscow",
-            "extensions": {"1": "100", "2": "200", "3": "300"},
-            "external_phones": {"shop1": "+74999999999", "shop2": "+74998888888"},
-        }],
-    }, env={})
+    table = sim_config(fs.host, fs.port, crm.url, state_dir, api_key=DEMO_KEY, account="demo-shop",
+                       client_id=DEMO_CLIENT_ID, http_port=http_port, retry_min_delay=0.2, retry_max_delay=2.0,
+                       storage={"backend": "local", "directory": str(state_dir / "recordings")})
+    return parse_config("<demo defaults>", table, env={})
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:

@@ -22,9 +22,11 @@ from fs_crm.esl import EslConnection, EslError, EslListener
 from fs_crm.eslparse import Event
 from fs_crm.history import HistorySender
 from fs_crm.http import HttpServer, build_app
+from fs_crm.outbound import OutboundServer
 from fs_crm.outbox import NewCall, Outbox, RecordingFile
 from fs_crm.payloads import CallEvent, CallRecord
 from fs_crm.recording_uploads import RecordingUploader
+from fs_crm.routing import CallRouter
 from fs_crm.statuses import UserStatuses
 from fs_crm.tracker import CallTracker, parse_live_channels
 from recordings.base import RecordingStore, content_type_of
@@ -39,6 +41,10 @@ logger = logging.getLogger(__name__)
 ORPHAN_GRACE_SECONDS = 3.0
 HOUSEKEEPING_INTERVAL = 1.0
 CALLS_IN_PROGRESS = "calls-in-progress"
+
+
+class StartupError(Exception):
+    """The service cannot start (a port in use, ...); the message says what to fix."""
 
 
 class Service:
@@ -71,6 +77,8 @@ class Service:
         self.statuses = UserStatuses(self.outbox, accounts, self.commands)
         self.commands.on_connected = self.statuses.push_all
         self.click_to_call = ClickToCall(accounts, self.commands)
+        self.router = CallRouter(config.accounts, self.clients, self.statuses, self.commands, config.routing)
+        self.routing = OutboundServer(config.routing, self.router.handle) if config.routing.enabled else None
         self.store: RecordingStore | None = None
         self.recordings: RecordingUploader | None = None
         parts = [make_callbacks_app(self.click_to_call, self.statuses, accounts)]
@@ -193,13 +201,21 @@ class Service:
         stats = self.outbox.stats()
         logger.info("fs-crm starting: %d account(s), outbox %d pending, %d set aside", len(self.config.accounts),
                     stats.pending, stats.failed)
-        self.http.start()
+        self._listen("[http] listen", self.http.start)
+        if self.routing is not None:
+            self._listen("[routing] listen", self.routing.start)
         self._spawn("esl-listener", self.listener.run)
         self._spawn("history-sender", self.history.run)
         self._spawn("housekeeping", self._housekeeping)
         if self.recordings is not None:
             self._spawn("recording-uploader", self.recordings.run)
         self.started.set()
+
+    def _listen(self, key: str, start: Callable[[], None]) -> None:
+        try:
+            start()
+        except OSError as exc:
+            raise StartupError("%s: cannot listen (%s) [%s]" % (self.config.path, exc.strerror or exc, key)) from None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -211,6 +227,8 @@ class Service:
         """Drain and exit: stop listening, let cards and the upload in flight finish, keep the rest on disk."""
         self._stop.set()
         self.listener.stop()
+        if self.routing is not None:
+            self.routing.stop(timeout=5.0)
         self.http.stop()
         self.cards.stop()
         if self.recordings is not None:

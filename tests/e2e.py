@@ -9,71 +9,26 @@ import time
 from pathlib import Path
 
 from fs_crm.config import parse_config
+from fs_crm.sim.config import sim_config, to_toml
 from fs_crm.sim.fake_crm import FakeCrm
 from fs_crm.sim.fake_freeswitch import FakeFreeswitch
 
 API_KEY = "e2e-key"
-EXTENSIONS = {"1": "100", "2": "200", "3": "300"}
-PHONES = {"shop1": "+74999999999", "shop2": "+74998888888"}
 
 
-def config_table(fs: FakeFreeswitch, crm: FakeCrm, state_dir: Path, **delivery) -> dict:
-    return {
-        "freeswitch": {"host": fs.host, "port": fs.port, "password": "ClueCon", "command_timeout": 2.0,
-                       "reconnect_min_delay": 0.05, "reconnect_max_delay": 0.5},
-        "http": {"listen": "127.0.0.1:0", "public_url": "http://127.0.0.1:8090"},
-        "state": {"dir": str(state_dir)},
-        "delivery": {"retry_min_delay": 0.05, "retry_max_delay": 0.3, **delivery},
-        "accounts": [{"name": "shop", "crm_url": crm.url, "api_key": API_KEY, "client_id": "client-1",
-                      "domain": "pbx.test", "timezone": "Europe/Moscow", "extensions": EXTENSIONS,
-                      "external_phones": PHONES}],
-    }
+def config_table(fs: FakeFreeswitch, crm: FakeCrm, state_dir: Path, storage: dict | None = None, http_port: int = 0,
+                 **delivery) -> dict:
+    return sim_config(fs.host, fs.port, crm.url, state_dir, api_key=API_KEY, storage=storage, http_port=http_port,
+                      **delivery)
 
 
 def make_config(fs, crm, state_dir, storage=None, http_port=0, **delivery):
-    table = config_table(fs, crm, state_dir, **delivery)
-    if storage is not None:
-        table["storage"] = storage
-    table["http"] = {"listen": "127.0.0.1:%d" % http_port, "public_url": "http://127.0.0.1:%d" % http_port}
-    return parse_config("<e2e>", table, env={})
+    return parse_config("<e2e>", config_table(fs, crm, state_dir, storage, http_port, **delivery), env={})
 
 
 def write_toml(path: Path, fs, crm, state_dir) -> Path:
     """The same config as an operator would write it (the API key comes from the environment)."""
-    path.write_text(f"""
-[freeswitch]
-host = "{fs.host}"
-port = {fs.port}
-password = "ClueCon"
-command_timeout = 2.0
-reconnect_min_delay = 0.05
-reconnect_max_delay = 0.5
-
-[http]
-listen = "127.0.0.1:0"
-public_url = "http://127.0.0.1:8090"
-
-[state]
-dir = "{state_dir}"
-
-[delivery]
-retry_min_delay = 0.05
-retry_max_delay = 0.3
-
-[[accounts]]
-name = "shop"
-crm_url = "{crm.url}"
-client_id = "client-1"
-domain = "pbx.test"
-timezone = "Europe/Moscow"
-[accounts.extensions]
-"1" = "100"
-"2" = "200"
-"3" = "300"
-[accounts.external_phones]
-shop1 = "+74999999999"
-shop2 = "+74998888888"
-""")
+    path.write_text(to_toml(config_table(fs, crm, state_dir)))
     return path
 
 

@@ -1,5 +1,10 @@
 """The CRM's callbacks through real HTTP: click-to-call and user status, against the fake FreeSWITCH."""
 
+import os
+import socket
+import subprocess
+import sys
+
 import pytest
 import requests
 from e2e import config_table, wait_until
@@ -8,6 +13,8 @@ from fs_crm.config import parse_config
 from fs_crm.outbox import Outbox
 from fs_crm.service import Service
 from fs_crm.sim import free_port
+from fs_crm.sim.config import to_toml
+from fs_crm.sim.fake_freeswitch import capture_path, load_connect_reply
 from fs_crm.statuses import UserStatuses
 
 REGISTERED = {"100", "200"}
@@ -180,3 +187,31 @@ def test_given_registered_module_when_crm_fetches_logo_and_account_page_then_ser
     assert logo.text.startswith("<svg")
     page = requests.get("http://127.0.0.1:%d/" % port, timeout=5)
     assert page.status_code == 200 and "fs-crm" in page.text
+
+
+def test_given_incoming_call_when_freeswitch_hands_it_to_the_service_router_then_responsible_manager_rings(running):
+    fs, crm, port, tmp_path = running
+    svc = start(fs, crm, tmp_path, port, fallback="sales")
+    crm.managers["79121234567"] = {"id": 1, "firstName": "Ivan", "code": "100"}
+    reply = load_connect_reply(capture_path("in_socket_route.outbound_socket.txt"))
+    call = fs.outbound_connect("127.0.0.1", svc.routing.port, reply)
+    assert wait_until(lambda: ("bridge", "user/100@pbx.test") in call.executed, timeout=5), call.executed
+    assert call.executed[0] == ("ring_ready", "")
+    assert ("transfer", "sales XML default") in call.executed  # only if the manager does not answer
+    call.hangup()
+
+
+def test_given_routing_port_in_use_when_run_then_clear_error_and_exit_1(fakes, tmp_path):
+    fs, crm = fakes
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        table = config_table(fs, crm, tmp_path / "state")
+        table["routing"]["listen"] = "127.0.0.1:%d" % busy.getsockname()[1]
+        path = tmp_path / "fs-crm.toml"
+        path.write_text(to_toml(table))
+        env = {**os.environ, "FS_CRM_ACCOUNT_SHOP_API_KEY": "e2e-key"}
+        result = subprocess.run([sys.executable, "-m", "fs_crm", "run", "-c", str(path)], capture_output=True,
+                                text=True, env=env, timeout=30)
+    assert result.returncode == 1
+    assert "[routing] listen" in result.stderr and "cannot listen" in result.stderr
