@@ -13,6 +13,7 @@ from fs_crm.config import parse_config
 from fs_crm.outbox import Outbox
 from fs_crm.service import Service
 from fs_crm.sim import free_port
+from fs_crm.sim.calls import first_leg, fresh_call
 from fs_crm.sim.config import to_toml
 from fs_crm.sim.fake_freeswitch import capture_path, load_connect_reply
 from fs_crm.statuses import UserStatuses
@@ -215,3 +216,29 @@ def test_given_routing_port_in_use_when_run_then_clear_error_and_exit_1(fakes, t
                                 text=True, env=env, timeout=30)
     assert result.returncode == 1
     assert "[routing] listen" in result.stderr and "cannot listen" in result.stderr
+
+
+def test_given_click_to_call_when_both_answer_then_crm_shows_one_outgoing_call_of_the_manager(running):
+    fs, crm, port, tmp_path = running
+    start(fs, crm, tmp_path, port)
+    recorded = fresh_call("click_to_call", "c2c-e2e")
+    recorded_first_leg = first_leg(recorded)
+
+    def originate(command: str) -> str:
+        # FreeSWITCH rings the manager, then the customer: play the recorded call, its first leg
+        # being the one our originate named.
+        ours = command.split("origination_uuid=", 1)[1][:36]
+        fs.play([body.replace(recorded_first_leg.encode(), ours.encode()) for body in recorded])
+        return "+OK %s\n" % ours
+
+    fs.bgapi_handler = originate
+    answer = call(port, **GOOD)
+    assert answer.status_code == 200
+    call_uuid = answer.text.split()[1]
+
+    assert crm.wait_for(lambda: len(crm.calls) == 1, timeout=10)
+    record = crm.calls[0]
+    assert (record["externalId"], record["type"], record["code"], record["userId"], record["result"]) == (
+        call_uuid, "out", "100", 1, "answered")
+    assert crm.wait_for(lambda: len(crm.events) == 2, timeout=5)
+    assert [(e["type"], e["codes"]) for e in crm.events] == [("out", ["100"]), ("hangup", ["100"])]
