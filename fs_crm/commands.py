@@ -58,8 +58,20 @@ class FreeswitchCommands:
 
     def api(self, command: str, timeout: float | None = None) -> str:
         """Output of `api <command>`; EslCommandError on -ERR, EslUnavailable/EslTimeout otherwise."""
+        return self._tracked(lambda: self._connection().api(self._checked(command), timeout))
+
+    def bgapi(self, command: str, job_uuid: str, timeout: float | None = None) -> str:
+        """Queue `command` as a background job with our own Job-UUID; returns FreeSWITCH's
+        Reply-Text once accepted (the job's result comes later as BACKGROUND_JOB)."""
+        if not re.fullmatch(r"[0-9a-f-]{36}", job_uuid):
+            raise ValueError("Job-UUID must be a UUID")
+        return self._tracked(lambda: self._connection().command(
+            "bgapi %s\nJob-UUID: %s" % (self._checked(command), job_uuid), timeout))
+
+    def _tracked(self, run: Callable[[], str]) -> str:
+        """Remember the last connection problem for /healthz (a refused command is not one)."""
         try:
-            result = self._connection().api(self._checked(command), timeout)
+            result = run()
         except EslCommandError:
             raise
         except EslError as exc:
@@ -67,21 +79,6 @@ class FreeswitchCommands:
             raise
         self.last_error = None
         return result
-
-    def bgapi(self, command: str, job_uuid: str, timeout: float | None = None) -> str:
-        """Queue `command` as a background job with our own Job-UUID; returns FreeSWITCH's
-        Reply-Text once accepted (the job's result comes later as BACKGROUND_JOB)."""
-        if not re.fullmatch(r"[0-9a-f-]{36}", job_uuid):
-            raise ValueError("Job-UUID must be a UUID")
-        try:
-            reply = self._connection().command("bgapi %s\nJob-UUID: %s" % (self._checked(command), job_uuid), timeout)
-        except EslCommandError:
-            raise
-        except EslError as exc:
-            self.last_error = str(exc)
-            raise
-        self.last_error = None
-        return reply
 
     def is_registered(self, extension: str, domain: str, timeout: float | None = None) -> bool:
         """Whether any phone is registered for extension@domain (`sofia_contact`)."""

@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import re
 import socket
-import time
 from typing import Callable
 from urllib.parse import unquote
 
@@ -41,6 +40,7 @@ import gevent.server
 from fs_crm import vocab
 from fs_crm.config import RoutingConfig
 from fs_crm.eslparse import Event, EventParseError, Frame, FrameError, FrameReader, parse_event_plain
+from fs_crm.polling import wait_for
 
 logger = logging.getLogger(__name__)
 
@@ -361,7 +361,7 @@ class OutboundServer:
         if self._server is None:
             return
         self._server.close()
-        if not _wait_until(self._all_decided, timeout):
+        if not wait_for(self._all_decided, timeout):
             undecided = sum(1 for s in self.sessions if not (s.decided or s.closed.is_set()))
             logger.warning("routing: %d call(s) still being decided after %.1fs; handing them to the dialplan",
                            undecided, timeout)
@@ -414,16 +414,6 @@ class OutboundServer:
         except Exception:
             self.handler_errors += 1
             logger.exception("call %s: routing handler failed; the call continues in the dialplan", session.label)
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    # Only used while shutting down, so a coarse poll is fine.
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        gevent.sleep(interval)
-    return True
 
 
 def _tune(sock: socket.socket) -> None:
