@@ -93,6 +93,8 @@ class HistorySender:
         # Per account: consecutive unavailable answers (the backoff exponent), and whether the
         # current streak of account refusals was already logged at ERROR.
         self._failures: dict[str, int] = {}
+        # The CRM's last complaint per account, until an upload succeeds again (for /healthz).
+        self.last_error: dict[str, str] = {}
         self._refused: set[str] = set()
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -216,9 +218,11 @@ class HistorySender:
             try:
                 result = client.upload_calls([item.payload for item in items])
             except CrmUnavailable as exc:
+                self.last_error[account] = _reason(exc)
                 self._defer_unavailable(account, items + [i for part, _ in parts for i in part], exc)
                 return accepted, False
             except CrmRejected as exc:
+                self.last_error[account] = _reason(exc)
                 if is_account_problem(exc):
                     self._defer_refused(account, items + [i for part, _ in parts for i in part], exc)
                     return accepted, False
@@ -233,6 +237,7 @@ class HistorySender:
             accepted += len(items)
             known_bad = is_first
             self._failures.pop(account, None)
+            self.last_error.pop(account, None)
             self._refused.discard(account)
             if result.duplicates:
                 logger.info("%s: uploaded %d calls (%s); the CRM already had %s", account, len(items),

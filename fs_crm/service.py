@@ -255,7 +255,8 @@ class Service:
             "calls_in_progress": self.tracker.active_calls(),
             "outbox": {"pending": stats.pending, "failed": stats.failed, "held": stats.held,
                        "recordings": stats.recordings, "oldest_pending_at": stats.oldest_pending_at},
-            "accounts": {name: {"last_card_error": self.cards.last_error.get(name)} for name in self.clients},
+            "accounts": {name: {"last_history_error": self.history.last_error.get(name),
+                                "last_card_error": self.cards.last_error.get(name)} for name in self.clients},
             "storage": None if self.recordings is None else {"last_error": self.recordings.last_error},
         }
         return self.listener.connected, details

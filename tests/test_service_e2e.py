@@ -50,11 +50,13 @@ def test_given_crm_down_for_a_while_when_it_comes_back_then_every_call_delivered
     assert wait_until(lambda: sum(1 for r in crm.requests if r.path.endswith("/calls/upload")) >= 2)
     assert crm.calls == []
 
+    assert wait_until(lambda: service.health()[1]["accounts"]["shop"]["last_history_error"], timeout=5)
     crm.set_mode("ok")
     assert crm.wait_for(lambda: len(crm.calls) == 4, timeout=10)
     assert history_ids(crm) == [first_leg(c) for c in calls]
     # The CRM has them; the service removes them from its queue once it has read the answer.
     assert wait_until(lambda: service.outbox.stats().pending == 0, timeout=5)
+    assert service.health()[1]["accounts"]["shop"]["last_history_error"] is None
 
 
 @pytest.mark.parametrize("mode", ["html", "rate_limited", "unavailable"])
