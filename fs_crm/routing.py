@@ -88,8 +88,9 @@ class CallRouter:
     def handle(self, session: OutboundSession) -> None:
         """Route one call. Raises the session's errors (OutboundError); the server logs them and
         hands the call to the dialplan."""
-        channel = session.connect()
+        # The caller's wait starts now, not after our own round trips: the CRM gets what is left.
         started = self.clock()
+        channel = session.connect()
         call = session.label
         # Ringback before anything slow: the caller must not hear silence while the CRM thinks.
         session.execute("ring_ready")
@@ -108,7 +109,7 @@ class CallRouter:
                            call, _printable(self._dialled(channel)))
             decision = Decision(DIALPLAN, "dialled number of no account")
         else:
-            decision = self._decide(account, phone, call)
+            decision = self._decide(account, phone, call, started + self.routing.manager_timeout)
 
         if session.hung_up.is_set():
             self.decisions[HUNG_UP] += 1
@@ -137,7 +138,7 @@ class CallRouter:
         return self.accounts[0] if len(self.accounts) == 1 else None
 
     # --- deciding -----------------------------------------------------------------------------
-    def _decide(self, account: AccountConfig, phone: str, call: str) -> Decision:
+    def _decide(self, account: AccountConfig, phone: str, call: str, deadline_at: float) -> Decision:
         if not PHONE.fullmatch(phone):
             # Anonymous, a SIP URI, or an injection attempt: nothing to ask the CRM about.
             return Decision(FALLBACK, "caller id is not a phone number")
@@ -145,7 +146,7 @@ class CallRouter:
         if client is None:
             logger.error("call %s account %s: no CRM client for the account", call, account.name)
             return Decision(FALLBACK, "no CRM client")
-        limit = self.routing.manager_timeout
+        limit = max(0.0, deadline_at - self.clock())
         # This deadline is the one that counts; the client's own (a little longer, so it never wins
         # the race) is only its backstop.
         deadline = gevent.Timeout(limit)
@@ -156,7 +157,7 @@ class CallRouter:
             if exc is not deadline:
                 raise
             logger.warning("call %s account %s: the CRM named no manager within %.2f s; routing to the fallback",
-                           call, account.name, limit)
+                           call, account.name, self.routing.manager_timeout)
             return Decision(FALLBACK, "CRM too slow")
         except CrmError as exc:
             logger.warning("call %s account %s: responsible manager lookup failed (%s); routing to the fallback",
