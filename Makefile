@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/fs-crm demo
 
 test: $(STAMP)
-	$(BIN)/ruff check fs_crm tests bench
+	$(BIN)/ruff check fs_crm recordings tests bench
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

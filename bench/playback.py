@@ -1,7 +1,7 @@
 """Recording playback from S3: what retailCRM's player gets through our playback app versus S3 itself.
 
 Three processes, all on 127.0.0.1: moto's real S3 server (tests/moto_s3.py's MotoProcess), the real
-playback app (recordings.playback.make_app over S3Store + TokenCodec, served by gevent.pywsgi as
+playback app (recordings.playback.make_app over S3Store + TokenCodec, served by fs_crm.http.HttpServer as
 fs_crm.http does, logging at INFO as shipped), and this process as the client. They never share a
 gevent hub, and each one's CPU time is read from /proc. moto holds whole objects in memory on every
 GET, which is its business, not ours: the memory figures are those of the playback process only.
@@ -70,8 +70,9 @@ _PLAYBACK_CHILD = """
 from gevent import monkey
 monkey.patch_all()
 import logging, sys
-from gevent.pywsgi import WSGIServer
 from gevent.socket import wait_read
+from fs_crm.config import HttpConfig
+from fs_crm.http import HttpServer, build_app
 from recordings.playback import make_app
 from recordings.s3 import S3Store
 from recordings.tokens import TokenCodec
@@ -79,11 +80,12 @@ logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %
 logging.getLogger("urllib3").setLevel(logging.WARNING)  # as fs_crm.cli does
 endpoint, bucket, region, secret, account, client_id = sys.argv[1:7]
 store = S3Store(bucket, region=region, endpoint_url=endpoint)
-server = WSGIServer(("127.0.0.1", 0), make_app(store, TokenCodec(bytes.fromhex(secret)), {account: client_id}), log=None)
+app = build_app(lambda: (True, {}), make_app(store, TokenCodec(bytes.fromhex(secret)), {account: client_id}))
+server = HttpServer(HttpConfig(listen_host="127.0.0.1", listen_port=0), app)  # as `fs-crm playback` serves
 server.start()
-print(server.server_port, flush=True)
+print(server.port, flush=True)
 wait_read(sys.stdin.fileno())  # serve until the benchmark closes our stdin (or dies)
-server.stop(timeout=2)
+server.stop()
 """
 
 

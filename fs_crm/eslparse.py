@@ -10,6 +10,7 @@ are kept, and the inner body is separated.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Iterator
 from urllib.parse import unquote
 
@@ -259,9 +260,18 @@ def _parse_block(text: str) -> tuple[dict[str, str], dict[str, list[str]] | None
     lines = text.count("\n") + 1
     parts = text.replace("\n", ": ").split(": ")
     if len(parts) == 2 * lines:
-        raw = dict(zip(parts[0::2], parts[1::2], strict=True))
+        names, values = parts[0::2], parts[1::2]
+        raw = dict(zip(names, values, strict=True))
         if len(raw) == lines:
             return raw, None
+        # Repeated headers (Hangup-Cause on every CHANNEL_HANGUP_COMPLETE): built backwards the
+        # first value wins, and only the repeated names are collected.
+        repeated = {name for name, count in Counter(names).items() if count > 1}
+        multi: dict[str, list[str]] = {}
+        for name, value in zip(names, values, strict=True):
+            if name in repeated:
+                multi.setdefault(name, []).append(value)
+        return dict(zip(reversed(names), reversed(values), strict=True)), multi
     return _parse_lines_slowly(text.split("\n"))
 
 
