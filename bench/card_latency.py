@@ -29,7 +29,6 @@ import os  # noqa: E402
 import re  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
-import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -49,8 +48,10 @@ from common import (  # noqa: E402
     figure,
     fresh_call,
     header,
+    log_problems,
     percentile,
     result,
+    stop_service,
 )
 
 from fs_crm.config import api_key_env_name  # noqa: E402
@@ -264,23 +265,12 @@ def main() -> int:
         figure("bench process CPU (fakes) during the window", "%.0f%% of one core"
                % (100 * cpu_own / (window_end - window_start)))
     finally:
-        stopping = time.monotonic()
-        if service.poll() is None:
-            service.send_signal(signal.SIGTERM)
-            try:
-                exit_code = service.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                service.kill()
-                service.wait()
-        else:
-            exit_code = service.returncode
-        stopped_in = time.monotonic() - stopping
+        exit_code, stopped_in = stop_service(service)
         log.close()
         fs.stop()
         crm.stop()
 
-    text = log_path.read_text(errors="replace")
-    problems = [line for line in text.splitlines() if re.search(r" (WARNING|ERROR|CRITICAL) ", line)]
+    problems = log_problems(log_path)
     figure("service exit after SIGTERM", "code %s in %.2f s" % (exit_code, stopped_in), "0, clean")
     figure("service log WARNING/ERROR lines", str(len(problems)))
     kinds: dict[str, int] = {}

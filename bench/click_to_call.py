@@ -29,7 +29,6 @@ import os  # noqa: E402
 import re  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
-import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -39,7 +38,7 @@ from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
 import requests  # noqa: E402
-from common import ACCOUNT, API_KEY, banner, figure, percentile, result  # noqa: E402
+from common import ACCOUNT, API_KEY, banner, figure, log_problems, percentile, result, stop_service  # noqa: E402
 
 from fs_crm.config import api_key_env_name  # noqa: E402
 from fs_crm.sim import free_port, wait_for  # noqa: E402
@@ -245,23 +244,12 @@ def main() -> int:
         if len(problems) > 10:
             print("    ... %d more problems" % (len(problems) - 10))
     finally:
-        stopping = time.monotonic()
-        if service.poll() is None:
-            service.send_signal(signal.SIGTERM)
-            try:
-                exit_code = service.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                service.kill()
-                service.wait()
-        else:
-            exit_code = service.returncode
-        stopped_in = time.monotonic() - stopping
+        exit_code, stopped_in = stop_service(service)
         log.close()
         fs.stop()
         crm.stop()
 
-    text = log_path.read_text(errors="replace")
-    warnings = [line for line in text.splitlines() if re.search(r" (WARNING|ERROR|CRITICAL) ", line)]
+    warnings = log_problems(log_path)
     figure("service exit after SIGTERM", "code %s in %.2f s" % (exit_code, stopped_in), "0, clean")
     figure("service log WARNING/ERROR lines", str(len(warnings)))
     for line in warnings[:5]:

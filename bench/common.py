@@ -6,7 +6,11 @@ importing this module, so whatever this imports is already patched.
 
 import os
 import platform
+import re
+import signal
+import subprocess
 import sys
+import time
 import uuid
 from functools import lru_cache
 from pathlib import Path
@@ -137,3 +141,25 @@ def fresh_call(scenario: str, seed: str, starts_at: float | None = None) -> list
 
 def distinct_id(seed: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, "fs-crm-bench/" + seed))
+
+
+def stop_service(service: subprocess.Popen) -> tuple[int | None, float]:
+    """SIGTERM the service (kill it after 20 s) and return (exit code, seconds it took)."""
+    stopping = time.monotonic()
+    if service.poll() is None:
+        service.send_signal(signal.SIGTERM)
+        try:
+            exit_code = service.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            service.kill()
+            service.wait()
+            exit_code = None
+    else:
+        exit_code = service.returncode
+    return exit_code, time.monotonic() - stopping
+
+
+def log_problems(log_path: Path) -> list[str]:
+    """WARNING, ERROR and CRITICAL lines of the service's log."""
+    text = log_path.read_text(errors="replace")
+    return [line for line in text.splitlines() if re.search(r" (WARNING|ERROR|CRITICAL) ", line)]

@@ -37,7 +37,6 @@ import os  # noqa: E402
 import re  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
-import signal  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -48,7 +47,7 @@ from pathlib import Path  # noqa: E402
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
 import gevent.socket  # noqa: E402
-from common import ACCOUNT, API_KEY, banner, figure, percentile, result  # noqa: E402
+from common import ACCOUNT, API_KEY, banner, figure, percentile, result, stop_service  # noqa: E402
 
 from fs_crm.config import RoutingConfig, api_key_env_name  # noqa: E402
 from fs_crm.crm import MANAGER_PATH  # noqa: E402
@@ -322,17 +321,7 @@ def main() -> int:
         if len(problems) > 10:
             print("    ... %d more problems" % (len(problems) - 10))
     finally:
-        stopping = time.monotonic()
-        if service.poll() is None:
-            service.send_signal(signal.SIGTERM)
-            try:
-                exit_code = service.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                service.kill()
-                service.wait()
-        else:
-            exit_code = service.returncode
-        stopped_in = time.monotonic() - stopping
+        exit_code, stopped_in = stop_service(service)
         log.close()
         fs.stop()
         crm.stop()
