@@ -70,6 +70,17 @@ def cmd_check(args: argparse.Namespace) -> int:
         print("FreeSWITCH %s:%s: FAILED: %s" % (fs.host, fs.port, exc))
     finally:
         conn.stop()
+    if config.storage.backend:
+        from fs_crm.service import build_store
+        from recordings.base import StorageError
+
+        where = config.storage.bucket or config.storage.directory
+        try:
+            build_store(config).check()
+            print("recording storage (%s %s): OK" % (config.storage.backend, where))
+        except StorageError as exc:
+            ok = False
+            print("recording storage (%s %s): FAILED: %s" % (config.storage.backend, where, exc))
     for account in config.accounts:
         client = CrmClient(account, config.delivery)
         try:

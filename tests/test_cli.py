@@ -148,3 +148,13 @@ def test_given_playback_without_shared_secret_when_started_then_refuses_with_rea
 def test_given_bad_listen_when_playback_then_usage_error():
     result = fs_crm("playback", "-c", "x.toml", "--listen", "nowhere")
     assert result.returncode == 2 and "expected HOST:PORT" in result.stderr
+
+
+def test_given_local_storage_when_check_then_storage_reported(fakes, tmp_path):
+    fs, crm = fakes
+    config = tmp_path / "c.toml"
+    write_toml(config, fs, crm, tmp_path / "state")
+    config.write_text(config.read_text() + '\n[storage]\nbackend = "local"\ndirectory = "%s"\n' % (tmp_path / "rec"))
+    result = fs_crm("check", "-c", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "recording storage (local %s): OK" % (tmp_path / "rec") in result.stdout
