@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 # the reconcile answer arrives; they get this long before being reported with what we know.
 ORPHAN_GRACE_SECONDS = 3.0
 HOUSEKEEPING_INTERVAL = 1.0
+SWEEP_INTERVAL = 600.0
+SILENT_CALL_SECONDS = 3600.0
 CALLS_IN_PROGRESS = "calls-in-progress"
 
 
@@ -145,23 +147,39 @@ class Service:
 
     def on_connected(self, conn: EslConnection) -> None:
         """After every (re)connect: learn which calls are still alive so none is lost or doubled."""
+        live = self._live_channels(conn.api)
+        if live is not None:
+            self.tracker.reconcile(live, int(self.clock() * 1_000_000))
+            logger.info("reconciled with FreeSWITCH: %d live channels, %d calls tracked", len(live),
+                        self.tracker.active_calls())
+
+    @staticmethod
+    def _live_channels(api: Callable[[str], str]) -> list | None:
         try:
-            text = conn.api("show channels as json")
+            text = api("show channels as json")
             data = json.loads(text) if text.strip() else {}
         except EslError as exc:
-            logger.warning("could not list live channels after connecting: %s", exc)
-            return
+            logger.warning("could not list live channels: %s", exc)
+            return None
         except ValueError:
             logger.warning("`show channels as json` did not answer JSON; skipping reconciliation")
-            return
+            return None
         rows = data.get("rows") if isinstance(data, dict) else None
-        live = parse_live_channels(rows if isinstance(rows, list) else [])
-        self.tracker.reconcile(live, int(self.clock() * 1_000_000))
-        logger.info("reconciled with FreeSWITCH: %d live channels, %d calls tracked", len(live),
-                    self.tracker.active_calls())
+        return parse_live_channels(rows if isinstance(rows, list) else [])
+
+    def _sweep_silent_calls(self) -> None:
+        """While connected, a call whose last events were lost (FreeSWITCH drops events for slow
+        listeners) would stay tracked for ever: calls silent for long and gone from FreeSWITCH end."""
+        live = self._live_channels(self.commands.api)
+        if live is not None:
+            self.tracker.reconcile(live, int(self.clock() * 1_000_000), idle_us=int(SILENT_CALL_SECONDS * 1_000_000))
 
     def _housekeeping(self) -> None:
+        last_sweep = self.clock()
         while not self._stop.wait(timeout=HOUSEKEEPING_INTERVAL):
+            if self.clock() - last_sweep > SWEEP_INTERVAL and self.tracker.active_calls():
+                last_sweep = self.clock()
+                gevent.spawn(self._sweep_silent_calls)
             now_us = int(self.clock() * 1_000_000)
             self._apply(self.tracker.expire_orphans(now_us, int(ORPHAN_GRACE_SECONDS * 1_000_000)))
             self.on_read_done()

@@ -471,18 +471,25 @@ class CallTracker:
         )
 
     # --- after a reconnect ------------------------------------------------------------------
-    def reconcile(self, live: list[LiveChannel], now_us: int) -> None:
+    def reconcile(self, live: list[LiveChannel], now_us: int, idle_us: int | None = None) -> None:
         """Align tracked calls with what FreeSWITCH says is alive right now.
 
         Legs we track that are gone ended while we were not listening: they are marked orphaned
         and finished by `expire_orphans` after a grace time, unless their late events still arrive.
         Live legs we do not know are adopted, so their later events complete a proper record.
+
+        With `idle_us` (a periodic sweep while connected, whose channel list may race the event
+        stream) only calls silent for that long are considered, and nothing is adopted.
         """
         self.changes += 1
         alive = {ch.uuid for ch in live}
         for call in list(self.calls.values()):
+            if idle_us is not None and now_us - call.last_event_us < idle_us:
+                continue
             if any(uuid not in alive and not leg.complete for uuid, leg in call.legs.items()):
                 call.orphaned_at_us = call.orphaned_at_us or now_us
+        if idle_us is not None:
+            return
         for ch in live:
             if ch.uuid in self._leg_call:
                 continue
@@ -515,9 +522,10 @@ class CallTracker:
             for leg in call.legs.values():
                 if not leg.complete:
                     leg.complete = leg.hung_up = True
-                    leg.hangup_us = leg.hangup_us or call.orphaned_at_us
-            logger.warning("call %s: legs ended while disconnected from FreeSWITCH; reporting with the "
-                           "times known (end at reconnect at the latest)", call.id)
+                    # When it really ended is unknown: the last event seen is what we can vouch for.
+                    leg.hangup_us = leg.hangup_us or call.last_event_us or call.orphaned_at_us
+            logger.warning("call %s: its legs ended without us seeing the end (disconnected, or events lost); "
+                           "reporting it with the times known, ending at the last event seen", call.id)
             for effect in self._finish(call, self._account_of(call)):
                 records.append(effect)
         return records

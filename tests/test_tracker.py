@@ -267,3 +267,28 @@ def test_given_record_stop_missed_when_dialplan_variable_names_file_then_it_is_u
     events = [with_header(e, "variable_crm_recording_path", "/var/spool/fs/x.wav") if e.name == "CHANNEL_HANGUP_COMPLETE"
               else e for e in events_of("out_answered") if e.name != "RECORD_STOP"]
     assert typed_records(events)[0].recording_path == "/var/spool/fs/x.wav"
+
+
+def test_given_periodic_sweep_when_call_silent_and_gone_then_finished_but_busy_calls_untouched():
+    events = events_of("in_answered_ringgroup")
+    bridged = next(i for i, e in enumerate(events) if e.name == "CHANNEL_BRIDGE") + 1
+    tracker, _, _ = play(events[:bridged])
+    last_us = int(events[bridged - 1]["Event-Date-Timestamp"])
+
+    # A sweep soon after: the channel list may race the events, so a recent call is left alone.
+    tracker.reconcile([], last_us + 60_000_000, idle_us=3_600_000_000)
+    assert tracker.expire_orphans(last_us + 70_000_000, 3_000_000) == []
+    # An hour of silence and FreeSWITCH no longer has it: it ended and its events were lost.
+    tracker.reconcile([], last_us + 3_700_000_000, idle_us=3_600_000_000)
+    records = tracker.expire_orphans(last_us + 3_710_000_000, 3_000_000)
+    assert [r.to_api()["externalId"] for r in records] == [events[0]["Unique-ID"]]
+
+
+def test_given_orphaned_call_when_expired_then_it_ends_at_the_last_event_seen_not_at_the_sweep():
+    events = events_of("in_answered_ringgroup")
+    bridged = next(i for i, e in enumerate(events) if e.name == "CHANNEL_BRIDGE") + 1
+    tracker, _, _ = play(events[:bridged])
+    last_us = int(events[bridged - 1]["Event-Date-Timestamp"])
+    tracker.reconcile([], last_us + 3_700_000_000, idle_us=3_600_000_000)
+    record = tracker.expire_orphans(last_us + 3_710_000_000, 3_000_000)[0].to_api()
+    assert record["duration"] <= 5 and record["durationWaiting"] <= 5
