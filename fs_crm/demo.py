@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 DEMO_KEY = "demo-api-key"
 DEMO_CLIENT_ID = "demo-client-id"
 # (capture, what a person sees) in the order they are played.
-LINGER = 120
+LINGER = 45  # seconds the recording URL stays playable when run from a terminal
 DEMO_CALLS = (
     ("in_answered_ringgroup", "customer calls shop1; ring group 100+200; 200 answers"),
     ("in_missed", "customer calls shop1; nobody answers; the customer gives up"),
