@@ -56,5 +56,9 @@ class RecordingStore(Protocol):
         """Bytes start..end inclusive, streamed in chunks, never the whole object in memory.
         Raises RecordingNotFound or StorageUnavailable before the first chunk is yielded."""
 
+    def open(self, key: str, chunk_size: int = 64 * 1024) -> tuple[StoredObject, Iterator[bytes]]:
+        """The whole object in one request: what head() tells, and the bytes read() would give.
+        Raises RecordingNotFound or StorageUnavailable before returning."""
+
     def check(self) -> None:
         """Raise StorageUnavailable when the store (bucket, directory) is not usable."""

@@ -209,6 +209,11 @@ class LocalStore:
             raise StorageUnavailable("cannot read key %s: %s" % (key, exc.strerror)) from None
         return _Chunks(fh, end - start + 1, chunk_size, key)
 
+    def open(self, key: str, chunk_size: int = 64 * 1024) -> tuple[StoredObject, Iterator[bytes]]:
+        stored = self.head(key)
+        chunks = self.read(key, 0, stored.size - 1, chunk_size) if stored.size else iter(())
+        return stored, chunks
+
     def check(self) -> None:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)

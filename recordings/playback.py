@@ -100,7 +100,13 @@ def _check_client_id(values: list[str], expected: str) -> None:
 
 
 def _serve(store: RecordingStore, ref: RecordingRef, request: bottle.BaseRequest) -> bottle.HTTPResponse:
-    obj = store.head(ref.name)
+    # A plain GET (a player starting) needs the whole object: one request to the store gives both
+    # the headers and the bytes. Ranges, HEAD and conditional requests look at the metadata first.
+    plain = request.method == "GET" and not any(request.headers.get(h) for h in ("Range", "If-None-Match", "If-Range"))
+    if plain:
+        obj, chunks = store.open(ref.name, CHUNK_SIZE)
+    else:
+        obj, chunks = store.head(ref.name), None
     headers = {
         "Content-Type": obj.content_type,
         "Accept-Ranges": "bytes",
@@ -127,7 +133,9 @@ def _serve(store: RecordingStore, ref: RecordingRef, request: bottle.BaseRequest
 
     body: bytes | Iterator[bytes] = b""
     if request.method != "HEAD" and span.length > 0:
-        chunks = iter(store.read(ref.name, span.start, span.end, CHUNK_SIZE))
+        if chunks is None:
+            chunks = store.read(ref.name, span.start, span.end, CHUNK_SIZE)
+        chunks = iter(chunks)
         # Take the first chunk now, so a store that fails lazily still gets a proper status code.
         body = _stream(next(chunks, b""), chunks, ref)
     logger.info("serving recording account=%s call=%s status=%d bytes=%d method=%s",

@@ -152,6 +152,17 @@ class S3Store:
                                         response.get("ContentRange")))
         return _BodyChunks(body, chunk_size, "%s/%s" % (self.bucket, full))
 
+    def open(self, key: str, chunk_size: int = 64 * 1024) -> tuple[StoredObject, Iterator[bytes]]:
+        """One GET instead of HEAD then GET: a playback starts one round trip sooner."""
+        if chunk_size <= 0:
+            raise ValueError("bad chunk size %d for %s" % (chunk_size, key))
+        full = self._key(key)
+        try:
+            response = self._client.get_object(Bucket=self.bucket, Key=full)
+        except _S3_ERRORS as exc:
+            raise self._translate(exc, "open", full) from exc
+        return _stored(key, response), _BodyChunks(response["Body"], chunk_size, "%s/%s" % (self.bucket, full))
+
     def check(self) -> None:
         self._head_bucket("check", None)
 
@@ -167,15 +178,7 @@ class S3Store:
             response = self._client.head_object(Bucket=self.bucket, Key=full)
         except _S3_ERRORS as exc:
             raise self._translate(exc, action, full) from exc
-        etag = response.get("ETag") or '""'
-        if not etag.startswith(('"', 'W/"')):  # some S3-compatible stores leave the quotes off
-            etag = '"%s"' % etag
-        modified = response["LastModified"]
-        if modified.tzinfo is None:
-            modified = modified.replace(tzinfo=dt.timezone.utc)
-        return StoredObject(key=key, size=int(response["ContentLength"]),
-                            content_type=response.get("ContentType") or content_type_of(key),
-                            etag=etag, last_modified=modified.astimezone(dt.timezone.utc))
+        return _stored(key, response)
 
     def _head_bucket(self, action: str, full: str | None) -> None:
         try:
@@ -265,3 +268,16 @@ def _wire_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
     # S3 stores metadata names lower-case; sending them that way means what we read back matches.
     return {quote(str(name).strip().lower(), safe="-_.").lower(): quote(str(value), safe=_VALUE_SAFE)
             for name, value in metadata.items()}
+
+
+def _stored(key: str, response: dict) -> StoredObject:
+    """A HEAD or GET answer's metadata."""
+    etag = response.get("ETag") or '""'
+    if not etag.startswith(('"', 'W/"')):  # some S3-compatible stores leave the quotes off
+        etag = '"%s"' % etag
+    modified = response["LastModified"]
+    if modified.tzinfo is None:
+        modified = modified.replace(tzinfo=dt.timezone.utc)
+    return StoredObject(key=key, size=int(response["ContentLength"]),
+                        content_type=response.get("ContentType") or content_type_of(key),
+                        etag=etag, last_modified=modified.astimezone(dt.timezone.utc))

@@ -165,6 +165,18 @@ def test_given_object_when_read_full_and_middle_range_then_exact_bytes(store, tm
     assert b"".join(store.read(name, 7, 7)) == data[7:8]
 
 
+def test_given_object_when_opened_then_one_get_gives_metadata_and_exact_bytes(store, tmp_path):
+    path = tmp_path / "call.wav"
+    path.write_bytes(os.urandom(200_000))
+    name = new_name()
+    put = store.put_file(path, name, "audio/wav", {})
+    stored, chunks = store.open(name, chunk_size=8192)
+    assert (stored.size, stored.content_type, stored.etag) == (200_000, "audio/wav", put.etag)
+    assert b"".join(chunks) == path.read_bytes()
+    with pytest.raises(RecordingNotFound):
+        store.open(new_name())
+
+
 def test_given_10mb_object_when_read_in_chunks_then_memory_stays_bounded(store, tmp_path):
     path = tmp_path / "long.wav"
     expected = random_file(path, 10 * MB)
@@ -282,13 +294,14 @@ def test_given_existing_bucket_when_check_then_passes(store):
 # -- the store down, hung, or answering errors --
 
 
-@pytest.mark.parametrize("operation", ["put_file", "head", "read", "check"])
+@pytest.mark.parametrize("operation", ["put_file", "head", "read", "open", "check"])
 def test_given_store_down_when_operation_then_storage_unavailable_quickly(operation, wav_file, caplog):
     store = make_store("http://127.0.0.1:%d" % free_port())
     calls = {
         "put_file": lambda: store.put_file(wav_file, new_name(), "audio/wav", {"account": "shop"}),
         "head": lambda: store.head(new_name()),
         "read": lambda: store.read(new_name(), 0, 9),
+        "open": lambda: store.open(new_name()),
         "check": store.check,
     }
     started = time.monotonic()
