@@ -37,7 +37,6 @@ from common import (  # noqa: E402
     API_KEY,
     SCENARIOS,
     banner,
-    capture,
     config_table,
     distinct_id,
     figure,
@@ -51,6 +50,7 @@ from fs_crm.eslparse import parse_event_plain  # noqa: E402
 from fs_crm.history import HistorySender  # noqa: E402
 from fs_crm.outbox import Outbox  # noqa: E402
 from fs_crm.payloads import CallRecord  # noqa: E402
+from fs_crm.sim.calls import captured  # noqa: E402
 from fs_crm.sim.fake_crm import FakeCrm  # noqa: E402
 from fs_crm.tracker import CallTracker  # noqa: E402
 
@@ -64,7 +64,7 @@ def template_records(config) -> list[CallRecord]:
     records = []
     for scenario in SCENARIOS:
         tracker = CallTracker(config.accounts)
-        for body in capture(scenario):
+        for body in captured(scenario):
             records.extend(e for e in tracker.handle(parse_event_plain(body)) if isinstance(e, CallRecord))
     return records
 

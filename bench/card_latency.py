@@ -27,7 +27,6 @@ monkey.patch_all()
 import json  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
-import resource  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -41,20 +40,18 @@ from common import (  # noqa: E402
     ACCOUNT,
     API_KEY,
     banner,
-    call_id,
-    capture,
     config_toml,
-    event_name,
     figure,
-    fresh_call,
-    header,
     log_problems,
+    own_cpu_seconds,
     percentile,
     result,
+    service_cpu_seconds,
     stop_service,
 )
 
 from fs_crm.config import api_key_env_name  # noqa: E402
+from fs_crm.sim.calls import captured, first_leg, fresh_call, header  # noqa: E402
 from fs_crm.sim.fake_crm import FakeCrm  # noqa: E402
 from fs_crm.sim.fake_freeswitch import FakeFreeswitch, frame_event  # noqa: E402
 
@@ -109,14 +106,14 @@ class TimedFreeswitch(FakeFreeswitch):
 def ringing_index(bodies) -> int:
     """Index of the first CHANNEL_PROGRESS of a phone's leg (outbound leg with dialed_user)."""
     for i, body in enumerate(bodies):
-        if (event_name(body) == "CHANNEL_PROGRESS" and header(body, b"variable_dialed_user")
-                and header(body, b"Call-Direction") == b"outbound"):
+        if (header(body, "Event-Name") == "CHANNEL_PROGRESS" and header(body, "variable_dialed_user", None)
+                and header(body, "Call-Direction", None) == "outbound"):
             return i
     raise SystemExit("%s has no extension-leg CHANNEL_PROGRESS" % SCENARIO)
 
 
 def bridge_index(bodies) -> int:
-    return next(i for i, body in enumerate(bodies) if event_name(body) == "CHANNEL_BRIDGE")
+    return next(i for i, body in enumerate(bodies) if header(body, "Event-Name") == "CHANNEL_BRIDGE")
 
 
 def in_cards(crm: FakeCrm) -> dict[str, float]:
@@ -132,24 +129,12 @@ def in_cards(crm: FakeCrm) -> dict[str, float]:
     return first
 
 
-def service_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc (Linux)."""
-    try:
-        fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return float("nan")
-
-
-def own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> int:
     banner("bench/card_latency.py: call-card latency end to end (real service as a subprocess)",
            "first phone's CHANNEL_PROGRESS written by FreeSWITCH -> `in` card received by the CRM")
-    template = capture(SCENARIO)
+    template = captured(SCENARIO)
     ringing, bridge = ringing_index(template), bridge_index(template)
     new_calls = NEW_CALLS_PER_SECOND * WINDOW_SECONDS
     figure("calls in progress (held after CHANNEL_BRIDGE)", str(HOLD_CALLS))
@@ -178,9 +163,9 @@ def main() -> int:
 
         # Calls in progress.
         held = [fresh_call(SCENARIO, "hold-%d" % i, time.time()) for i in range(HOLD_CALLS)]
-        held_ids = {call_id(b) for b in held}
+        held_ids = {first_leg(b) for b in held}
         for bodies in held:
-            fs.watch[frame_event(bodies[ringing])] = call_id(bodies)
+            fs.watch[frame_event(bodies[ringing])] = first_leg(bodies)
         for bodies in held:
             fs.play(bodies[:bridge + 1])
         if not crm.wait_for(lambda: held_ids <= set(in_cards(crm)), timeout=30):
@@ -201,7 +186,7 @@ def main() -> int:
                             start_wall - WARMUP_SECONDS + i / LOAD_CALLS_PER_SECOND)
                  for i in range(int((WARMUP_SECONDS + WINDOW_SECONDS + 5) * LOAD_CALLS_PER_SECOND))]
         calls = [fresh_call(SCENARIO, "new-%d" % i, start_wall + i / NEW_CALLS_PER_SECOND) for i in range(new_calls)]
-        ids = [call_id(bodies) for bodies in calls]
+        ids = [first_leg(bodies) for bodies in calls]
         for bodies, cid in zip(calls, ids, strict=True):
             fs.watch[frame_event(bodies[ringing])] = cid
         gevent.sleep(max(0.0, start_wall - WARMUP_SECONDS - time.time()))

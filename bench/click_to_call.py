@@ -27,7 +27,6 @@ monkey.patch_all()
 
 import os  # noqa: E402
 import re  # noqa: E402
-import resource  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -38,7 +37,18 @@ from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
 import requests  # noqa: E402
-from common import ACCOUNT, API_KEY, banner, figure, log_problems, percentile, result, stop_service  # noqa: E402
+from common import (  # noqa: E402
+    ACCOUNT,
+    API_KEY,
+    banner,
+    figure,
+    log_problems,
+    own_cpu_seconds,
+    percentile,
+    result,
+    service_cpu_seconds,
+    stop_service,
+)
 
 from fs_crm.config import api_key_env_name  # noqa: E402
 from fs_crm.sim import free_port, wait_for  # noqa: E402
@@ -69,18 +79,6 @@ def originate_job(text: str) -> str:
     return "+OK %s\n" % (found.group(1) if found else "00000000-0000-0000-0000-000000000000")
 
 
-def service_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc (Linux)."""
-    try:
-        fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return float("nan")
-
-
-def own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 class Load:

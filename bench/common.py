@@ -7,19 +7,18 @@ importing this module, so whatever this imports is already patched.
 import os
 import platform
 import re
+import resource
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from functools import lru_cache
 from pathlib import Path
 
 import gevent
 import greenlet
 
 from fs_crm.sim.config import sim_config, to_toml
-from fs_crm.sim.fake_freeswitch import capture_path, load_capture, renumber_call
 
 API_KEY = "bench-key"
 ACCOUNT = "shop"
@@ -100,45 +99,6 @@ def config_toml(fs_host: str, fs_port: int, crm_url: str, state_dir: Path) -> st
 
 # --- real calls -----------------------------------------------------------------------------------
 
-@lru_cache(maxsize=None)
-def capture(scenario: str) -> tuple[bytes, ...]:
-    """Event bodies of one recorded call, in wire order."""
-    return tuple(load_capture(capture_path(scenario)))
-
-
-def header(body: bytes, name: bytes) -> bytes | None:
-    """The raw (still URL-encoded) value of one header of a plain event body."""
-    start = body.find(b"\n" + name + b": ")
-    if start < 0:
-        if not body.startswith(name + b": "):
-            return None
-        start = -1
-    start += len(name) + 3
-    end = body.find(b"\n", start)
-    return body[start:end if end >= 0 else len(body)]
-
-
-def event_name(body: bytes) -> str:
-    return (header(body, b"Event-Name") or b"").decode()
-
-
-def call_id(bodies: list[bytes] | tuple[bytes, ...]) -> str:
-    """The call's externalId: the Unique-ID of its first leg (the first event's channel)."""
-    return (header(bodies[0], b"Unique-ID") or b"").decode()
-
-
-def first_timestamp_us(bodies: list[bytes] | tuple[bytes, ...]) -> int:
-    return int(header(bodies[0], b"Event-Date-Timestamp") or 0)
-
-
-def fresh_call(scenario: str, seed: str, starts_at: float | None = None) -> list[bytes]:
-    """A recorded call renumbered into a new one whose first event happens at `starts_at` (epoch s)."""
-    bodies = list(capture(scenario))
-    if starts_at is None:
-        return renumber_call(bodies, seed=seed)
-    return renumber_call(bodies, seed=seed, time_shift_us=int(starts_at * 1e6) - first_timestamp_us(bodies))
-
-
 def distinct_id(seed: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, "fs-crm-bench/" + seed))
 
@@ -163,3 +123,17 @@ def log_problems(log_path: Path) -> list[str]:
     """WARNING, ERROR and CRITICAL lines of the service's log."""
     text = log_path.read_text(errors="replace")
     return [line for line in text.splitlines() if re.search(r" (WARNING|ERROR|CRITICAL) ", line)]
+
+
+def service_cpu_seconds(pid: int) -> float:
+    """utime + stime of another process, from /proc (Linux)."""
+    try:
+        fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime

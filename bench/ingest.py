@@ -47,9 +47,7 @@ from common import (  # noqa: E402
     PASSWORD,
     SCENARIOS,
     banner,
-    capture,
     config_table,
-    event_name,
     figure,
     result,
 )
@@ -62,6 +60,7 @@ from fs_crm.eslparse import parse_event_plain  # noqa: E402
 from fs_crm.outbox import Outbox  # noqa: E402
 from fs_crm.payloads import CallRecord  # noqa: E402
 from fs_crm.service import Service  # noqa: E402
+from fs_crm.sim.calls import captured, header  # noqa: E402
 from fs_crm.sim.fake_freeswitch import frame_event, renumber_call  # noqa: E402
 from fs_crm.tracker import CallTracker  # noqa: E402
 
@@ -78,7 +77,7 @@ GOAL_RATIO = 5.0
 
 def build_stream() -> tuple[list[bytes], bytes, int]:
     """(event bodies in wire order, the framed stream, calls that should reach the outbox)."""
-    templates = {s: [b for b in capture(s) if event_name(b).startswith("CHANNEL_")] for s in SCENARIOS}
+    templates = {s: [b for b in captured(s) if header(b, "Event-Name").startswith("CHANNEL_")] for s in SCENARIOS}
     calls = []
     expected_records = 0
     for i in range(CALLS):

@@ -35,7 +35,6 @@ monkey.patch_all()
 
 import os  # noqa: E402
 import re  # noqa: E402
-import resource  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
@@ -47,7 +46,17 @@ from pathlib import Path  # noqa: E402
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
 import gevent.socket  # noqa: E402
-from common import ACCOUNT, API_KEY, banner, figure, percentile, result, stop_service  # noqa: E402
+from common import (  # noqa: E402
+    ACCOUNT,
+    API_KEY,
+    banner,
+    figure,
+    own_cpu_seconds,
+    percentile,
+    result,
+    service_cpu_seconds,
+    stop_service,
+)
 
 from fs_crm.config import RoutingConfig, api_key_env_name  # noqa: E402
 from fs_crm.crm import MANAGER_PATH  # noqa: E402
@@ -136,17 +145,6 @@ def sofia_contact(args: str) -> str:
     return "sofia/internal/sip:%s@127.0.0.1:5071" % user if user in {"100", "200"} else "error/user_not_registered"
 
 
-def service_cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return float("nan")
-
-
-def own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def caller_of(seed: str, number: int) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from functools import lru_cache
 from pathlib import Path
 
 from fs_crm.sim.fake_freeswitch import capture_path, load_capture, renumber_call
@@ -14,25 +15,39 @@ RECORDING = CAPTURES / "in_answered_ringgroup.recording.wav"
 CAPTURED_RECORDING_DIR = b"/srv/fsrec/"
 
 
-def header(body: bytes, name: str) -> str:
-    """One header of a raw plain event, as sent (still URL-encoded)."""
+_MISSING = object()
+
+
+@lru_cache(maxsize=None)
+def captured(scenario: str) -> tuple[bytes, ...]:
+    """Event bodies of one recorded call, in wire order (read once)."""
+    return tuple(load_capture(capture_path(scenario)))
+
+
+def header(body: bytes, name: str, default=_MISSING) -> str:
+    """One header of a raw plain event, as sent (still URL-encoded); KeyError, or `default`, when absent."""
     key = name.encode() + b": "
     if body.startswith(key):
         start = len(key)
     else:
         at = body.find(b"\n" + key)
         if at < 0:
-            raise KeyError(name)
+            if default is _MISSING:
+                raise KeyError(name)
+            return default
         start = at + 1 + len(key)
-    return body[start:body.index(b"\n", start)].decode()
+    end = body.find(b"\n", start)
+    return body[start:end if end >= 0 else len(body)].decode()
 
 
-def fresh_call(scenario: str, seed: int | str) -> list[bytes]:
-    """A captured call with new UUIDs, moved to the present so its cards are not stale."""
-    bodies = load_capture(capture_path(scenario))
+def fresh_call(scenario: str, seed: int | str, starts_at: float | None = None) -> list[bytes]:
+    """A captured call with new UUIDs, moved to `starts_at` (epoch seconds; default now) so its
+    cards are not stale."""
+    bodies = list(captured(scenario))
     first = int(header(bodies[0], "Event-Date-Timestamp"))
+    target_us = int((time.time() if starts_at is None else starts_at) * 1e6)
     # Whole seconds keep FreeSWITCH's own *_epoch variables true to the microsecond stamps.
-    shift_us = (int(time.time() * 1e6) - first) // 1_000_000 * 1_000_000
+    shift_us = (target_us - first) // 1_000_000 * 1_000_000
     return renumber_call(bodies, seed=seed, time_shift_us=shift_us)
 
 
