@@ -42,13 +42,13 @@ import gevent  # noqa: E402
 import gevent.event  # noqa: E402
 import gevent.pool  # noqa: E402
 import requests  # noqa: E402
-from common import ACCOUNT, banner, figure, percentile, result  # noqa: E402
+from common import ACCOUNT, banner, figure, percentile, result, service_cpu_seconds  # noqa: E402
 
 from recordings.tokens import TokenCodec, recording_name  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.append(str(ROOT / "tests"))  # appended, so nothing of ours is shadowed
-from moto_s3 import ACCESS_KEY, BUCKET, REGION, SECRET, MotoProcess, admin_client  # noqa: E402
+from moto_s3 import BUCKET, FOREIGN_AWS_SETTINGS, REGION, MotoProcess, admin_client, fake_aws_environment  # noqa: E402
 
 MB = 1024 * 1024
 BIG = 10 * MB
@@ -92,16 +92,10 @@ server.stop()
 # --- processes ------------------------------------------------------------------------------------
 
 def use_fake_aws_credentials(work: Path) -> None:
-    """Fake credentials through the environment (inherited by the children); nothing from a
-    developer's ~/.aws or an instance role may leak in."""
-    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-                 "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"):
+    """The tests' fake credentials, in this process's environment (inherited by the children)."""
+    for name in FOREIGN_AWS_SETTINGS:
         os.environ.pop(name, None)
-    os.environ.update({
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": REGION,
-        "AWS_CONFIG_FILE": str(work / "no-aws-config"), "AWS_SHARED_CREDENTIALS_FILE": str(work / "no-aws-credentials"),
-        "AWS_EC2_METADATA_DISABLED": "true",
-    })
+    os.environ.update(fake_aws_environment(work))
 
 
 class PlaybackProcess:
@@ -139,12 +133,6 @@ def proc_status_kib(pid: int, field: str) -> int:
     return -1
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc/<pid>/stat."""
-    fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class CpuMeter:
     """CPU seconds used by each named process between start() and stop()."""
 
@@ -153,11 +141,11 @@ class CpuMeter:
         self.used: dict[str, float] = {}
 
     def __enter__(self) -> "CpuMeter":
-        self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._start = {name: service_cpu_seconds(pid) for name, pid in self.pids.items()}
         return self
 
     def __exit__(self, *exc) -> None:
-        self.used = {name: cpu_seconds(pid) - self._start[name] for name, pid in self.pids.items()}
+        self.used = {name: service_cpu_seconds(pid) - self._start[name] for name, pid in self.pids.items()}
 
     def text(self) -> str:
         return ", ".join("%s %.2f s" % item for item in self.used.items())

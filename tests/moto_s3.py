@@ -68,15 +68,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# AWS settings that would point boto3 at somebody's real account or change its retries.
+FOREIGN_AWS_SETTINGS = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+                        "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE")
+
+
+def fake_aws_environment(scratch: Path) -> dict[str, str]:
+    """Fake credentials, as production gets real ones through the environment; with the settings
+    above removed, nothing from a developer's ~/.aws or an instance role can leak in."""
+    return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": REGION,
+            "AWS_CONFIG_FILE": str(scratch / "no-aws-config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(scratch / "no-aws-credentials"),
+            "AWS_EC2_METADATA_DISABLED": "true"}
+
+
 def use_fake_aws_credentials(monkeypatch, tmp_path) -> None:
-    """Fake credentials through the environment, as production gets real ones; nothing from the
-    developer's ~/.aws or an instance role may leak in."""
-    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-                 "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"):
+    for name in FOREIGN_AWS_SETTINGS:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for name, value in fake_aws_environment(tmp_path).items():
+        monkeypatch.setenv(name, value)
