@@ -11,7 +11,6 @@ from __future__ import annotations
 import hmac
 import logging
 import re
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -144,16 +143,13 @@ def originate_command(call: CallRequest, call_uuid: str) -> str:
 
 class ClickToCall:
     def __init__(self, accounts: Mapping[str, AccountConfig], commands: FreeswitchCommands,
-                 new_uuid: Callable[[], str] = lambda: str(uuid.uuid4()), clock: Callable[[], float] = time.monotonic):
+                 new_uuid: Callable[[], str] = lambda: str(uuid.uuid4())):
         self.accounts = accounts
         self.commands = commands
         self.new_uuid = new_uuid
-        self.clock = clock
-        self.timings_ms: list[float] = []
 
     def make_call(self, params: Mapping[str, str]) -> str:
         """Start the call; returns its UUID once FreeSWITCH has accepted it (not answered)."""
-        started = self.clock()
         account = account_for_client_id(self.accounts, params.get("clientId"))
         call = parse_call_request(account, params)
         try:
@@ -169,7 +165,6 @@ class ClickToCall:
             logger.warning("account %s: click-to-call for extension %s: FreeSWITCH unavailable: %s", account.name,
                            call.extension, exc)
             raise PbxUnavailable("FreeSWITCH unavailable") from None
-        self.timings_ms.append((self.clock() - started) * 1000)
         logger.info("call %s account %s: click-to-call from extension %s to ...%s started", call_uuid, account.name,
                     call.extension, call.phone[-4:])
         return call_uuid

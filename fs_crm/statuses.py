@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 from typing import Mapping
 
+import gevent
+
 from fs_crm.commands import FreeswitchCommands
 from fs_crm.config import AccountConfig
 from fs_crm.esl import EslError
@@ -49,12 +51,13 @@ class UserStatuses:
         status = self.status_of(account, extension)
         return status is not None and status != FREE
 
-    def record(self, account: str, extension: str, user_id: int | None, status: str) -> bool:
-        """Remember (on disk) and push; True when FreeSWITCH has it too (or needs nothing)."""
+    def record(self, account: str, extension: str, user_id: int | None, status: str) -> None:
+        """Remember it (on disk, and for routing at once); the push to FreeSWITCH goes on in the
+        background, so the CRM's request never waits on the PBX."""
         self.outbox.set_user_status(account, extension, user_id, status)
         self._statuses[(account, extension)] = status
         logger.info("account %s: extension %s (user %s) is now %s", account, extension, user_id, status)
-        return self._push(account, extension, status)
+        gevent.spawn(self._push, account, extension, status)
 
     def _push(self, account: str, extension: str, status: str) -> bool:
         command = push_command(self.accounts[account], extension, status)
