@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from fs_crm.config import parse_config
@@ -44,12 +43,3 @@ def spawn_service(config_path: Path, log_path: Path) -> subprocess.Popen:
     log = open(log_path, "ab")
     return subprocess.Popen([sys.executable, "-m", "fs_crm", "--log-level", "INFO", "run", "-c", str(config_path)],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
-
-
-def wait_until(predicate, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()

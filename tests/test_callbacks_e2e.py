@@ -7,10 +7,11 @@ import sys
 
 import pytest
 import requests
-from e2e import config_table, wait_until
+from e2e import config_table
 
 from fs_crm.config import parse_config
 from fs_crm.outbox import Outbox
+from fs_crm.polling import wait_for
 from fs_crm.service import Service
 from fs_crm.sim import free_port
 from fs_crm.sim.calls import first_leg, fresh_call
@@ -69,7 +70,7 @@ def test_given_crm_click_when_make_call_then_manager_rung_first_through_dialplan
     start(fs, crm, tmp_path, port)
     answer = call(port, **GOOD)
     assert answer.status_code == 200, answer.text
-    assert wait_until(lambda: originates(fs), timeout=5)
+    assert wait_for(lambda: originates(fs), timeout=5)
     command = originates(fs)[0]
     call_uuid = answer.text.split()[1]
     assert command == (
@@ -86,7 +87,7 @@ def test_given_outbound_route_and_store_number_when_make_call_then_customer_via_
     # retailCRM writes the + unencoded: it is a plus, not a space.
     url = "http://127.0.0.1:%d/make-call?clientId=client-1&code=200&phone=+79121234567&externalPhone=74998888888" % port
     assert requests.get(url, timeout=5).status_code == 200
-    assert wait_until(lambda: originates(fs), timeout=5)
+    assert wait_for(lambda: originates(fs), timeout=5)
     assert originates(fs)[0].endswith(
         "}user/200@pbx.test &bridge({origination_caller_id_number=+74998888888,"
         "origination_caller_id_name=+74998888888}sofia/gateway/carrier/+79121234567)")
@@ -145,7 +146,7 @@ def test_given_status_change_when_received_then_remembered_across_restart_and_pu
     answer = requests.get(url, params={"clientId": "client-1", "userId": "2", "code": "200", "status": "break"},
                           timeout=5)
     assert answer.status_code == 200
-    assert wait_until(lambda: any(cmd == "api hash insert/fs_crm_status/200@pbx.test/break" for _, cmd in fs.commands))
+    assert wait_for(lambda: any(cmd == "api hash insert/fs_crm_status/200@pbx.test/break" for _, cmd in fs.commands))
     assert svc.statuses.is_away("shop", "200")
 
     svc.stop()
@@ -176,7 +177,7 @@ def test_given_callcenter_push_when_status_changes_then_agent_status_set(running
     for status, expected in (("dinner", "'On Break'"), ("free", "'Available'")):
         requests.get("http://127.0.0.1:%d/change-status" % port,
                      params={"clientId": "client-1", "userId": "1", "status": status}, timeout=5)
-        assert wait_until(lambda e=expected: any(cmd == "api callcenter_config agent set status 100@pbx.test %s" % e
+        assert wait_for(lambda e=expected: any(cmd == "api callcenter_config agent set status 100@pbx.test %s" % e
                                                  for _, cmd in fs.commands))
 
 
@@ -196,7 +197,7 @@ def test_given_incoming_call_when_freeswitch_hands_it_to_the_service_router_then
     crm.managers["79121234567"] = {"id": 1, "firstName": "Ivan", "code": "100"}
     reply = load_connect_reply(capture_path("in_socket_route.outbound_socket.txt"))
     call = fs.outbound_connect("127.0.0.1", svc.routing.port, reply)
-    assert wait_until(lambda: ("bridge", "user/100@pbx.test") in call.executed, timeout=5), call.executed
+    assert wait_for(lambda: ("bridge", "user/100@pbx.test") in call.executed, timeout=5), call.executed
     assert call.executed[0] == ("ring_ready", "")
     assert ("transfer", "sales XML default") in call.executed  # only if the manager does not answer
     call.hangup()

@@ -2,8 +2,9 @@
 
 import pytest
 import requests
-from e2e import make_config, wait_until
+from e2e import make_config
 
+from fs_crm.polling import wait_for
 from fs_crm.service import Service
 from fs_crm.sim import free_port
 from fs_crm.sim.calls import RECORDING, first_leg, fresh_call, with_recording
@@ -82,7 +83,7 @@ def test_given_storage_down_past_max_wait_when_expired_then_call_goes_without_re
         assert fs.wait_subscribed(timeout=10)
         call = with_recording(fresh_call("in_missed", "rec-down"), tmp_path / "fsrec")
         fs.play(call)
-        assert wait_until(lambda: svc.recordings.last_error is not None, timeout=10)
+        assert wait_for(lambda: svc.recordings.last_error is not None, timeout=10)
         assert crm.wait_for(lambda: len(crm.calls) == 1, timeout=10)
         assert "recordUrl" not in crm.calls[0]
         # The file stays on FreeSWITCH's disk while the store is down: nothing is lost.

@@ -2,9 +2,10 @@
 
 import pytest
 import requests
-from e2e import make_config, wait_until
+from e2e import make_config
 from moto_s3 import BUCKET, REGION, MotoProcess, admin_client, use_fake_aws_credentials
 
+from fs_crm.polling import wait_for
 from fs_crm.service import Service
 from fs_crm.sim import free_port
 from fs_crm.sim.calls import RECORDING, first_leg, fresh_call, with_recording
@@ -68,7 +69,7 @@ def test_given_s3_down_when_it_comes_back_then_history_delivered_once_with_recor
     fs.play(call)
     fs.play(plain)
 
-    assert wait_until(lambda: svc.recordings.last_error is not None, timeout=10)
+    assert wait_for(lambda: svc.recordings.last_error is not None, timeout=10)
     assert crm.wait_for(lambda: [c["externalId"] for c in crm.calls] == [first_leg(plain)], timeout=10)
     assert svc.outbox.stats().held == 1
     assert (tmp_path / "fsrec" / ("%s.wav" % first_leg(call))).exists()

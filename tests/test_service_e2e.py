@@ -3,8 +3,9 @@
 import signal
 
 import pytest
-from e2e import make_config, spawn_service, wait_until, write_toml
+from e2e import make_config, spawn_service, write_toml
 
+from fs_crm.polling import wait_for
 from fs_crm.service import Service
 from fs_crm.sim.calls import first_leg, fresh_call
 
@@ -47,15 +48,15 @@ def test_given_crm_down_for_a_while_when_it_comes_back_then_every_call_delivered
     calls = [fresh_call(s, "down-%d" % i) for i, s in enumerate(["in_missed", "out_answered", "in_busy", "out_busy"])]
     for call in calls:
         fs.play(call)
-    assert wait_until(lambda: sum(1 for r in crm.requests if r.path.endswith("/calls/upload")) >= 2)
+    assert wait_for(lambda: sum(1 for r in crm.requests if r.path.endswith("/calls/upload")) >= 2)
     assert crm.calls == []
 
-    assert wait_until(lambda: service.health()[1]["accounts"]["shop"]["last_history_error"], timeout=5)
+    assert wait_for(lambda: service.health()[1]["accounts"]["shop"]["last_history_error"], timeout=5)
     crm.set_mode("ok")
     assert crm.wait_for(lambda: len(crm.calls) == 4, timeout=10)
     assert history_ids(crm) == [first_leg(c) for c in calls]
     # The CRM has them; the service removes them from its queue once it has read the answer.
-    assert wait_until(lambda: service.outbox.stats().pending == 0, timeout=5)
+    assert wait_for(lambda: service.outbox.stats().pending == 0, timeout=5)
     assert service.health()[1]["accounts"]["shop"]["last_history_error"] is None
 
 
@@ -65,7 +66,7 @@ def test_given_crm_answering_garbage_when_it_recovers_then_history_arrives(fakes
     crm.set_mode(mode)
     call = fresh_call("out_answered", mode)
     fs.play(call)
-    assert wait_until(lambda: any(r.path.endswith("/calls/upload") for r in crm.requests))
+    assert wait_for(lambda: any(r.path.endswith("/calls/upload") for r in crm.requests))
     crm.set_mode("ok")
     assert crm.wait_for(lambda: history_ids(crm) == [first_leg(call)], timeout=10)
 
@@ -79,7 +80,7 @@ def test_given_freeswitch_drops_socket_mid_frame_when_it_comes_back_then_call_co
     fs.drop_clients(mid_frame=call[half])
     assert fs.wait_for(lambda: fs.connections_total >= 2 and fs.authenticated_clients() == 1, timeout=10)
     assert fs.wait_subscribed(timeout=10)
-    assert wait_until(lambda: any("show channels as json" in cmd for _, cmd in fs.commands))
+    assert wait_for(lambda: any("show channels as json" in cmd for _, cmd in fs.commands))
 
     fs.play(call[half:])
     assert crm.wait_for(lambda: len(crm.calls) == 1, timeout=10)
@@ -94,9 +95,9 @@ def test_given_freeswitch_down_when_reconnecting_then_backoff_not_a_busy_loop(fa
     svc = Service(make_config(fs, crm, state_dir))
     svc.start()
     try:
-        assert wait_until(lambda: svc.listener.last_error is not None, timeout=5)
+        assert wait_for(lambda: svc.listener.last_error is not None, timeout=5)
         first = svc.listener.attempts
-        wait_until(lambda: False, timeout=1.5)
+        wait_for(lambda: False, timeout=1.5)
         # Backoff 0.05 s doubling to 0.5 s (jitter 0.5-1.5x): a handful of tries in 1.5 s, not thousands.
         assert 1 <= svc.listener.attempts - first <= 15
         assert svc.listener.connected is False
@@ -139,7 +140,7 @@ def test_given_stale_card_when_crm_slow_then_card_dropped_but_history_kept(fakes
         crm.set_mode("unavailable")
         call = fresh_call("in_missed", "stale")
         fs.play(call)
-        assert wait_until(lambda: svc.cards.dropped >= 1, timeout=5)
+        assert wait_for(lambda: svc.cards.dropped >= 1, timeout=5)
         crm.set_mode("ok")
         assert crm.wait_for(lambda: history_ids(crm) == [first_leg(call)], timeout=10)
         assert crm.events == []
@@ -178,7 +179,7 @@ def test_given_kill_9_mid_upload_when_restarted_then_nothing_lost_and_nothing_do
         assert fs.wait_subscribed(timeout=20)
         for call in calls:
             fs.play(call)
-        assert wait_until(lambda: any(r.path.endswith("/calls/upload") for r in crm.requests), timeout=15)
+        assert wait_for(lambda: any(r.path.endswith("/calls/upload") for r in crm.requests), timeout=15)
     finally:
         proc.kill()
         proc.wait(timeout=10)
@@ -216,7 +217,7 @@ def test_given_kill_9_mid_call_when_call_ends_while_down_then_restart_reports_it
                 outbox.close()
             return bool(saved and saved["calls"])
 
-        assert wait_until(saved_in_progress, timeout=10)
+        assert wait_for(saved_in_progress, timeout=10)
     finally:
         proc.kill()
         proc.wait(timeout=10)
