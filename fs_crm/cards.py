@@ -4,6 +4,9 @@ A card is only useful while the phone rings, so it is never written to disk: it 
 on its own greenlet (urgent in the rate limiter, ahead of history uploads), retried briefly while
 the CRM is unavailable, and dropped with a log line once older than `card_max_age`. Cards of one
 call keep their order (an `in` is never overtaken by its `hangup`); different calls go in parallel.
+A `hangup` card closes the card on a manager's screen, so when that phone's ringing card never reached
+the CRM (dropped as stale or refused) its hangup is dropped too: the outcome does not depend on whether
+the CRM came back a moment before or after the hangup card aged out.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from fs_crm.payloads import CallEvent
 logger = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 200
+# Phones (call, code) whose ringing card never reached the CRM, remembered for their hangup card; the
+# oldest go first, long after their calls ended, so a hangup that never comes cannot leak memory.
+MAX_UNSHOWN = 10_000
 
 
 class CardSender:
@@ -33,6 +39,7 @@ class CardSender:
         self.clock = clock
         self.pool = gevent.pool.Pool(MAX_IN_FLIGHT)
         self._last_of_call: dict[str, gevent.Greenlet] = {}
+        self._unshown: dict[tuple[str, str], None] = {}
         self.sent = 0
         self.dropped = 0
         self.last_error: dict[str, str] = {}
@@ -40,6 +47,7 @@ class CardSender:
     def submit(self, card: CallEvent) -> None:
         """Never blocks the caller (the ESL reader): sending happens on a pooled greenlet."""
         if self._too_old(card):
+            self._settle(card, delivered=False)
             return
         previous = self._last_of_call.get(card.call_id)
         greenlet = gevent.Greenlet(self._send, card, previous)
@@ -67,6 +75,27 @@ class CardSender:
     def _send(self, card: CallEvent, previous: gevent.Greenlet | None) -> None:
         if previous is not None:
             previous.join()
+        if card.type == vocab.EVENT_HANGUP and card.codes and all(
+                (card.call_id, code) in self._unshown for code in card.codes):
+            self.dropped += 1
+            logger.warning("call %s account %s: dropping hangup card for %s: its ringing card never reached the CRM",
+                           card.call_id, card.account, ",".join(card.codes))
+            return
+        self._settle(card, delivered=self._deliver(card))
+
+    def _settle(self, card: CallEvent, delivered: bool) -> None:
+        """Remember which phones' ringing cards the CRM never got, so their hangups are not sent."""
+        if card.type == vocab.EVENT_HANGUP:
+            return
+        for code in card.codes:
+            if delivered:
+                self._unshown.pop((card.call_id, code), None)
+            else:
+                self._unshown[card.call_id, code] = None
+        while len(self._unshown) > MAX_UNSHOWN:
+            del self._unshown[next(iter(self._unshown))]
+
+    def _deliver(self, card: CallEvent) -> bool:
         client = self.clients[card.account]
         delay = 0.25
         while not self._too_old(card):
@@ -84,11 +113,12 @@ class CardSender:
                 self.last_error[card.account] = str(exc)
                 logger.error("call %s account %s: CRM refused the %s card: %s", card.call_id, card.account,
                              card.type, exc)
-                return
+                return False
             self.sent += 1
             logger.debug("call %s account %s: %s card delivered to %s", card.call_id, card.account, card.type,
                          ",".join(card.codes))
-            return
+            return True
+        return False
 
     def stop(self, timeout: float = 2.0) -> None:
         """Cards still in flight get a moment to finish; after that they are stale anyway."""

@@ -7,7 +7,7 @@ from e2e import make_config, spawn_service, write_toml
 
 from fs_crm.polling import wait_for
 from fs_crm.service import Service
-from fs_crm.sim.calls import first_leg, fresh_call
+from fs_crm.sim.calls import first_leg, fresh_call, header
 
 
 @pytest.fixture
@@ -144,6 +144,30 @@ def test_given_stale_card_when_crm_slow_then_card_dropped_but_history_kept(fakes
         crm.set_mode("ok")
         assert crm.wait_for(lambda: history_ids(crm) == [first_leg(call)], timeout=10)
         assert crm.events == []
+    finally:
+        svc.stop()
+
+
+def test_given_ringing_card_dropped_when_crm_back_before_hangup_then_hangup_not_sent(fakes, state_dir):
+    fs, crm = fakes
+    svc = Service(make_config(fs, crm, state_dir, card_max_age=1.0, event_read_timeout=0.2))
+    svc.start()
+    try:
+        assert fs.wait_subscribed(timeout=10)
+        crm.set_mode("unavailable")
+        call = fresh_call("in_missed", "back-before-hangup")
+        ended = next(i for i, body in enumerate(call) if header(body, "Event-Name").startswith("CHANNEL_HANGUP"))
+        fs.play(call[:ended])
+        assert wait_for(lambda: svc.cards.dropped >= 1, timeout=5)
+        crm.set_mode("ok")
+        fs.play(call[ended:])
+        # The marker's cards are queued after the missed call's hangups, so once they have arrived
+        # any hangup card of the missed call would have arrived too.
+        marker = fresh_call("out_answered", "marker")
+        fs.play(marker)
+        assert crm.wait_for(lambda: history_ids(crm) == [first_leg(call), first_leg(marker)], timeout=10)
+        assert crm.wait_for(lambda: [e["type"] for e in crm.events] == ["out", "hangup"], timeout=5)
+        assert {e["callExternalId"] for e in crm.events} == {first_leg(marker)}
     finally:
         svc.stop()
 
