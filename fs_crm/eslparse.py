@@ -5,16 +5,25 @@ newline in a caller name then forges headers), glues an event's body onto its in
 Content-Length header, and reads each line through a file object, which is slow. Here a frame is
 split first, each value is decoded on its own and only when somebody reads it, duplicate headers
 are kept, and the inner body is separated.
+
+Plain events are indexed by the C extension fs_crm._eslindex when it was built (see setup.py):
+parsing ~200 lines into Python strings was most of the cost of ingestion, and the tracker reads a
+dozen of them. parse_event_plain_python does exactly the same in pure Python; tests hold the two
+to the same results on every captured event and on random damage to them.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
 from typing import Iterator
 from urllib.parse import unquote
 
 from fs_crm import vocab
+
+try:
+    from fs_crm import _eslindex
+except ImportError:  # installed where it could not be compiled: the pure-Python parser does the same
+    _eslindex = None
 
 # A frame header block longer than this is not FreeSWITCH talking: resynchronising is impossible,
 # so the caller drops the connection instead of buffering forever.
@@ -106,86 +115,10 @@ def _parse_outer_headers(block: bytes) -> dict[str, str]:
 
 
 class Event:
-    """A FreeSWITCH event. Values are URL-decoded lazily, one value at a time, on first access.
+    """A FreeSWITCH event: `get`, `[]`, `in`, `get_all`, `names` and `body` come from the two
+    implementations below (the C index for plain events, or dicts); what is built on them is here."""
 
-    Channel variables are most of an event's ~200 lines and the tracker needs them on few events,
-    so the lines from the first `variable_` on are split only when a header not found before them
-    is asked for.
-    """
-
-    __slots__ = ("_raw", "_rest", "_decoded", "_multi", "_body")
-
-    def __init__(self, raw: dict[str, str], multi: dict[str, list[str]] | None = None,
-                 body: str | None = None, decoded: bool = False, rest: str | None = None):
-        self._raw = raw
-        self._rest = rest  # the channel variables and anything after them, not split yet
-        self._decoded: dict[str, str] = raw if decoded else {}
-        self._multi = multi
-        self._body = body
-
-    @property
-    def body(self) -> str | None:
-        """The inner body (BACKGROUND_JOB output, an attached CDR), if the event has one."""
-        if self._rest is not None:
-            self._parse_rest()
-        return self._body
-
-    def _parse_rest(self) -> None:
-        rest, self._rest = self._rest, None
-        head, tail = _split_head(rest)
-        more, multi = _parse_block(head)
-        for name in more.keys() & self._raw.keys():  # repeated across the two parts: the first wins
-            self._multi = self._multi or {}
-            self._multi.setdefault(name, [self._raw[name]]).extend((multi or {}).get(name, [more[name]]))
-            del more[name]
-        self._raw.update(more)
-        for name, values in (multi or {}).items():
-            if self._multi is None or name not in self._multi:
-                self._multi = self._multi or {}
-                self._multi[name] = values
-        if tail:
-            self._body = _inner_body(tail, self._raw.get("Content-Length"), self._raw.get(vocab.H_EVENT_NAME))
-
-    def get(self, name: str, default: str | None = None) -> str | None:
-        try:
-            return self._decoded[name]
-        except KeyError:
-            pass
-        raw = self._raw.get(name)
-        if raw is None:
-            if self._rest is None:
-                return default
-            self._parse_rest()
-            raw = self._raw.get(name)
-            if raw is None:
-                return default
-        value = unquote(raw) if "%" in raw else raw
-        self._decoded[name] = value
-        return value
-
-    def __getitem__(self, name: str) -> str:
-        value = self.get(name)
-        if value is None:
-            raise KeyError(name)
-        return value
-
-    def __contains__(self, name: str) -> bool:
-        return self.get(name) is not None
-
-    def get_all(self, name: str) -> list[str]:
-        """Every value of a header that may repeat (Hangup-Cause does in some FreeSWITCH versions)."""
-        if self._rest is not None:
-            self._parse_rest()
-        if self._multi and name in self._multi:
-            values = self._multi[name]
-            return list(values) if self._decoded is self._raw else [unquote(v) for v in values]
-        value = self.get(name)
-        return [] if value is None else [value]
-
-    def names(self) -> list[str]:
-        if self._rest is not None:
-            self._parse_rest()
-        return list(self._raw)
+    __slots__ = ()
 
     @property
     def name(self) -> str:
@@ -208,34 +141,122 @@ class Event:
         return "Event(%s %s)" % (self.name, self.get(vocab.H_UNIQUE_ID) or "")
 
 
-def parse_event_plain(data: bytes) -> Event:
-    """The body of a `text/event-plain` frame: `Name: url-encoded-value` lines, optional inner body."""
-    text = data.decode("utf-8", "replace")
-    cut = text.find("\nvariable_")
-    # An inner Content-Length before the first variable means a body starts there, and the body
-    # (an api command's output, say) may hold "variable_" lines itself: then parse it all at once.
-    if cut >= 0 and text.find("\nContent-Length: ", 0, cut) < 0:
-        raw, multi = _parse_block(text[:cut])
-        event = Event(raw, multi, rest=text[cut + 1:])
-    else:
-        head, tail = _split_head(text)
-        raw, multi = _parse_block(head)
-        event = Event(raw, multi)
-        if tail:
-            event._body = _inner_body(tail, raw.get("Content-Length"), raw.get(vocab.H_EVENT_NAME))
-    if vocab.H_EVENT_NAME not in raw:
-        raise EventParseError("event without Event-Name (first line %r)" % text[:120].split("\n")[0])
+class DictEvent(Event):
+    """An event held in dicts: JSON events, and plain events where the C index is not built.
+    Plain values are URL-decoded one at a time, on first access."""
+
+    __slots__ = ("_raw", "_decoded", "_multi", "_body")
+
+    def __init__(self, raw: dict[str, str], multi: dict[str, list[str]] | None = None,
+                 body: str | None = None, decoded: bool = False):
+        self._raw = raw
+        self._decoded: dict[str, str] = raw if decoded else {}
+        self._multi = multi
+        self._body = body
+
+    @property
+    def body(self) -> str | None:
+        """The inner body (BACKGROUND_JOB output, an attached CDR), if the event has one."""
+        return self._body
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        try:
+            return self._decoded[name]
+        except KeyError:
+            pass
+        raw = self._raw.get(name)
+        if raw is None:
+            return default
+        value = unquote(raw) if "%" in raw else raw
+        self._decoded[name] = value
+        return value
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __contains__(self, name: str) -> bool:
+        return self.get(name) is not None
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of a header that may repeat (Hangup-Cause does in some FreeSWITCH versions)."""
+        if self._multi and name in self._multi:
+            values = self._multi[name]
+            return list(values) if self._decoded is self._raw else [unquote(v) for v in values]
+        value = self.get(name)
+        return [] if value is None else [value]
+
+    def names(self) -> list[str]:
+        return list(self._raw)
+
+
+if _eslindex is not None:
+    class IndexedEvent(_eslindex.Headers, Event):
+        """A plain event over the C index of its lines (see _eslindex.c): a value becomes a string
+        only when read, so the dozen headers the tracker reads are all that is ever built."""
+
+        __slots__ = ()
+
+        @property
+        def body(self) -> str | None:
+            return _indexed_body(self)
+
+
+def _indexed_body(event) -> str | None:
+    data, tail = event.data, event.tail
+    if tail < 0 or tail >= len(data):
+        return None
+    length = event.get("Content-Length")
+    if length is None:
+        return None
+    if not length.isdigit():
+        raise EventParseError("event %s has a bad inner Content-Length %r" % (event.get(vocab.H_EVENT_NAME), length))
+    return data[tail:tail + int(length)].decode("utf-8", "replace")
+
+
+def parse_event_plain_indexed(data: bytes) -> Event:
+    """The body of a `text/event-plain` frame (`Name: url-encoded-value` lines, optional inner
+    body), indexed in C."""
+    if not data.isascii():
+        # Bytes that are not UTF-8 become U+FFFD before indexing, as when the whole event is
+        # decoded first: a name read back from names() then finds its value again.
+        data = data.decode("utf-8", "replace").encode("utf-8")
+    event = IndexedEvent(data)
+    if vocab.H_EVENT_NAME not in event:
+        raise EventParseError("event without Event-Name (first line %r)"
+                              % data[:120].decode("utf-8", "replace").split("\n")[0])
+    _indexed_body(event)  # a bad inner Content-Length fails here, as in the pure-Python parser
     return event
 
 
-def _split_head(text: str) -> tuple[str, str]:
-    """Header lines, and whatever follows the blank line that ends them."""
-    if text.endswith("\n\n") and "\nContent-Length: " not in text:
-        return text[:-2], ""  # the common case, without searching for a blank line
-    split = text.find("\n\n")
-    if split < 0:
-        return text.rstrip("\n"), ""
-    return text[:split], text[split + 2:]
+def parse_event_plain_python(data: bytes) -> Event:
+    """What parse_event_plain_indexed does, in pure Python, for installs without the C index:
+    header lines up to the first empty line, each split at its first ": " ("Name:" alone is an
+    empty value, other lines are ignored), repeated names keeping every value; the inner body
+    after the empty line when there is an inner Content-Length."""
+    text = data.decode("utf-8", "replace")
+    head, _, tail = text.partition("\n\n") if not text.startswith("\n") else ("", "", text[1:])
+    raw: dict[str, str] = {}
+    multi: dict[str, list[str]] = {}
+    for line in head.split("\n"):
+        name, sep, value = line.partition(": ")
+        if not sep:
+            if not line.endswith(":"):
+                continue
+            name, value = line[:-1], ""
+        if name in raw:
+            multi.setdefault(name, [raw[name]]).append(value)
+        else:
+            raw[name] = value
+    if vocab.H_EVENT_NAME not in raw:
+        raise EventParseError("event without Event-Name (first line %r)" % text[:120].split("\n")[0])
+    body = _inner_body(tail, raw.get("Content-Length"), raw.get(vocab.H_EVENT_NAME)) if tail else None
+    return DictEvent(raw, multi or None, body)
+
+
+parse_event_plain = parse_event_plain_python if _eslindex is None else parse_event_plain_indexed
 
 
 def _inner_body(tail: str, length: str | None, event_name: str | None) -> str | None:
@@ -248,49 +269,6 @@ def _inner_body(tail: str, length: str | None, event_name: str | None) -> str | 
         return tail[:size]
     # Content-Length counts bytes; non-ASCII text has to be cut as bytes.
     return tail.encode("utf-8")[:size].decode("utf-8", "replace")
-
-
-def _parse_block(text: str) -> tuple[dict[str, str], dict[str, list[str]] | None]:
-    if not text:
-        return {}, None
-    # Fast path, all in C: ": " only ever separates a name from its value, because FreeSWITCH
-    # URL-encodes ':' and ' ' inside values; so joining the lines with ": " and splitting once
-    # gives name, value, name, value... A line without ": " or a repeated header breaks the
-    # count and takes the careful path.
-    lines = text.count("\n") + 1
-    parts = text.replace("\n", ": ").split(": ")
-    if len(parts) == 2 * lines:
-        names, values = parts[0::2], parts[1::2]
-        raw = dict(zip(names, values, strict=True))
-        if len(raw) == lines:
-            return raw, None
-        # Repeated headers (Hangup-Cause on every CHANNEL_HANGUP_COMPLETE): built backwards the
-        # first value wins, and only the repeated names are collected.
-        repeated = {name for name, count in Counter(names).items() if count > 1}
-        multi: dict[str, list[str]] = {}
-        for name, value in zip(names, values, strict=True):
-            if name in repeated:
-                multi.setdefault(name, []).append(value)
-        return dict(zip(reversed(names), reversed(values), strict=True)), multi
-    return _parse_lines_slowly(text.split("\n"))
-
-
-def _parse_lines_slowly(lines: list[str]) -> tuple[dict[str, str], dict[str, list[str]]]:
-    raw: dict[str, str] = {}
-    multi: dict[str, list[str]] = {}
-    for line in lines:
-        name, sep, value = line.partition(": ")
-        if not sep:
-            # "Name:" with an empty value is legal; anything else is noise we keep out of the headers.
-            if line.endswith(":"):
-                name, value = line[:-1], ""
-            else:
-                continue
-        if name in raw:
-            multi.setdefault(name, [raw[name]]).append(value)
-        else:
-            raw[name] = value
-    return raw, multi
 
 
 def parse_event_json(data: bytes) -> Event:
@@ -311,7 +289,7 @@ def parse_event_json(data: bytes) -> Event:
             multi[key] = values
         else:
             flat[key] = str(value)
-    return Event(flat, multi or None, body if isinstance(body, str) else None, decoded=True)
+    return DictEvent(flat, multi or None, body if isinstance(body, str) else None, decoded=True)
 
 
 def parse_event(frame: Frame) -> Event:

@@ -1,9 +1,11 @@
 """The ESL framer and event parser, on real captured bytes."""
 
+import random
 from pathlib import Path
 
 import pytest
 
+from fs_crm import eslparse
 from fs_crm.eslparse import (
     MAX_HEADER_BYTES,
     EventParseError,
@@ -12,11 +14,24 @@ from fs_crm.eslparse import (
     iter_frames,
     parse_event,
     parse_event_json,
-    parse_event_plain,
+    parse_event_plain_python,
 )
+
+needs_index = pytest.mark.skipif(eslparse._eslindex is None,
+                                 reason="fs_crm._eslindex not built (no C compiler when installed)")
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RINGGROUP = (FIXTURES / "pbx" / "in_answered_ringgroup.esl.txt").read_bytes()
+
+
+@pytest.fixture(params=["indexed", "python"])
+def parse_event_plain(request):
+    """Both plain-event parsers: the C index, and the pure-Python one used where it is not built."""
+    if request.param == "python":
+        return parse_event_plain_python
+    if eslparse._eslindex is None:
+        pytest.skip("fs_crm._eslindex not built (no C compiler when installed)")
+    return eslparse.parse_event_plain_indexed
 
 
 def test_given_real_stream_when_framed_then_banner_replies_and_every_event_come_out():
@@ -46,7 +61,7 @@ def test_given_values_url_encoded_when_read_then_decoded_one_by_one():
     assert event.int("Event-Sequence") == 1645
 
 
-def test_given_encoded_newline_in_a_value_when_parsed_then_no_forged_header():
+def test_given_encoded_newline_in_a_value_when_parsed_then_no_forged_header(parse_event_plain):
     # A caller name carrying "%0AEvent-Name: CHANNEL_HANGUP" must stay one value (greenswitch
     # decodes the whole block first and would forge a header from it).
     body = (b"Event-Name: CHANNEL_CREATE\nUnique-ID: u1\n"
@@ -56,7 +71,7 @@ def test_given_encoded_newline_in_a_value_when_parsed_then_no_forged_header():
     assert "Hangup-Cause" not in event
 
 
-def test_given_background_job_when_parsed_then_body_is_separate_from_inner_content_length():
+def test_given_background_job_when_parsed_then_body_is_separate_from_inner_content_length(parse_event_plain):
     data = (FIXTURES / "02_switchio_eventstream2.txt").read_bytes()
     # That capture marks frame starts with "--" lines; the BACKGROUND_JOB text runs up to the next frame.
     start = data.index(b"Event-Name: BACKGROUND_JOB")
@@ -67,7 +82,7 @@ def test_given_background_job_when_parsed_then_body_is_separate_from_inner_conte
     assert event.body.startswith("+OK ") and len(event.body) == 41
 
 
-def test_given_repeated_header_when_parsed_then_first_wins_and_all_are_kept():
+def test_given_repeated_header_when_parsed_then_first_wins_and_all_are_kept(parse_event_plain):
     event = parse_event_plain(b"Event-Name: CHANNEL_HANGUP\nHangup-Cause: A\nHangup-Cause: B\nUnique-ID: u\n\n")
     assert event["Hangup-Cause"] == "A"
     assert event.get_all("Hangup-Cause") == ["A", "B"]
@@ -80,7 +95,7 @@ def test_given_custom_event_when_named_then_subclass_is_the_name():
     assert event["contact"] == '"" <sip:100@127.0.0.1:5071>'
 
 
-def test_given_event_without_name_when_parsed_then_clear_error():
+def test_given_event_without_name_when_parsed_then_clear_error(parse_event_plain):
     with pytest.raises(EventParseError, match="without Event-Name"):
         parse_event_plain(b"Unique-ID: x\n\n")
 
@@ -100,3 +115,79 @@ def test_given_json_event_when_parsed_then_values_and_body_kept():
     assert event.name == "BACKGROUND_JOB"
     assert event.body == "+OK u\n"
     assert event.get_all("X") == ["a", "b"]
+
+
+# --- the C index and the pure-Python parser agree -------------------------------------------------
+
+def all_captured_event_bodies() -> list[bytes]:
+    bodies = []
+    for path in sorted(FIXTURES.glob("**/*.esl.txt")):
+        bodies.extend(f.body for f in iter_frames(path.read_bytes()) if f.content_type == "text/event-plain")
+    return bodies
+
+
+def described(event) -> dict:
+    """Everything a reader can get out of an event."""
+    names = event.names()
+    return {"names": sorted(names), "unique": len(names) == len(set(names)), "name": event.name,
+            "values": {n: (event.get(n), event[n], n in event, event.get_all(n)) for n in names},
+            "absent": (event.get("No-Such-Header"), event.get("No-Such", "x"), "No-Such" in event,
+                       event.get_all("No-Such")),
+            "body": event.body}
+
+
+def outcome(parse, data: bytes):
+    try:
+        return described(parse(data))
+    except EventParseError as exc:
+        return "EventParseError: %s" % exc
+
+
+@needs_index
+def test_given_every_captured_event_when_parsed_both_ways_then_same_event():
+    bodies = all_captured_event_bodies()
+    assert len(bodies) > 100
+    for body in bodies:
+        assert outcome(eslparse.parse_event_plain_indexed, body) == outcome(parse_event_plain_python, body), body[:200]
+
+
+EDGE_CASES = [
+    b"Event-Name: X\nEmpty:\nNo colon here\nTrailing%:\n\n",
+    b"Event-Name: X\nA: 100%\nB: %zz%2%\nC: %D0%9F%D1%80%D0%B8\nD: %FF%fe\nE: caf\xc3\xa9 %41\n\n",
+    b"Event-Name: X\nA: a: b: c\nA:\nA: third\nB::\n:\n: lone value\n\n",
+    b"Event-Name: X\nF: no final blank line",
+    b"Event-Name: X\nF: only one newline\n",
+    b"Event-Name: BACKGROUND_JOB\nContent-Length: 5\n\n\xd0\x9f\xd1\x80\xd0\xb8\nvariable_x: y\n",
+    b"Event-Name: BACKGROUND_JOB\nContent-Length: 99\n\n+OK short\n",
+    b"Event-Name: BACKGROUND_JOB\nContent-Length: -1\n\nbody\n",
+    b"Event-Name: X\nvariable_a: 1\nContent-Length: 3\n\nabc",
+    b"Event-Name: CUSTOM\nEvent-Subclass: sofia%3A%3Aregister\n\n",
+    b"Unique-ID: no name\n\n",
+    b"",
+    b"\n\nEvent-Name: after a blank line\n",
+    b"Event-Name: \xff\xfe\nN\xc3\xa4me: v\n\n",
+]
+
+
+@needs_index
+@pytest.mark.parametrize("data", EDGE_CASES)
+def test_given_odd_event_when_parsed_both_ways_then_same_outcome(data):
+    assert outcome(eslparse.parse_event_plain_indexed, data) == outcome(parse_event_plain_python, data)
+
+
+@needs_index
+def test_given_random_mutations_of_real_events_when_parsed_both_ways_then_same_outcome():
+    pieces = [b"\n", b": ", b":", b"%", b"%4", b"%41", b"%0A", b"%zz", b"\xd0", b"\x9f", b"variable_x",
+              b"Content-Length: 4\n", b"\n\n", b" ", b"Event-Name", b"Hangup-Cause: A\n"]
+    rng = random.Random(20261126)
+    bodies = all_captured_event_bodies()
+    for _ in range(400):
+        data = bytearray(rng.choice(bodies))
+        for _ in range(rng.randint(1, 8)):
+            at = rng.randrange(len(data) + 1)
+            if rng.random() < 0.3:
+                del data[at:at + rng.randint(1, 40)]
+            else:
+                data[at:at] = rng.choice(pieces)
+        data = bytes(data)
+        assert outcome(eslparse.parse_event_plain_indexed, data) == outcome(parse_event_plain_python, data), data

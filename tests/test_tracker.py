@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -253,7 +254,7 @@ def test_given_unrecorded_call_when_finished_then_no_recording():
 
 
 def with_header(event, name, value):
-    body = "".join("%s: %s\n" % (n, event._raw[n]) for n in event.names()) + "%s: %s\n\n" % (name, value)
+    body = "".join("%s: %s\n" % (n, quote(event[n])) for n in event.names()) + "%s: %s\n\n" % (name, value)
     return parse_event_plain(body.encode())
 
 
