@@ -328,6 +328,69 @@ Headers_get(Headers *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyObject *
+Headers_int(Headers *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* int(name, default=0): the value as int() reads it, or the default when absent or not a number */
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "int(name, default=0)");
+        return NULL;
+    }
+    Py_ssize_t index = lookup_object(self, args[0]);
+    if (index == -2)
+        return NULL;
+    if (index >= 0) {
+        Entry *e = &self->entries[index];
+        const char *s = PyBytes_AS_STRING(self->data) + e->val_off;
+        if (e->val_len > 0 && e->val_len <= 18) {  /* the usual microsecond stamp: plain digits */
+            long long number = 0;
+            Py_ssize_t i = 0;
+            for (; i < (Py_ssize_t)e->val_len && s[i] >= '0' && s[i] <= '9'; i++)
+                number = number * 10 + (s[i] - '0');
+            if (i == (Py_ssize_t)e->val_len)
+                return PyLong_FromLongLong(number);
+        }
+        PyObject *text = entry_value(self, index);
+        if (text == NULL)
+            return NULL;
+        PyObject *number = PyLong_FromUnicodeObject(text, 10);
+        Py_DECREF(text);
+        if (number != NULL)
+            return number;
+        if (!PyErr_ExceptionMatches(PyExc_ValueError))
+            return NULL;
+        PyErr_Clear();
+    }
+    if (nargs == 2) {
+        Py_INCREF(args[1]);
+        return args[1];
+    }
+    return PyLong_FromLong(0);
+}
+
+static PyObject *
+value_or_empty(Headers *self, const char *name)
+{
+    Py_ssize_t index = lookup(self, name, (Py_ssize_t)strlen(name));
+    return index < 0 ? PyUnicode_FromStringAndSize(NULL, 0) : entry_value(self, index);
+}
+
+static PyObject *
+Headers_get_name(Headers *self, void *Py_UNUSED(closure))
+{
+    /* Event-Name, or the subclass of a CUSTOM event (what a subscription names) */
+    PyObject *name = value_or_empty(self, "Event-Name");
+    if (name == NULL || PyUnicode_CompareWithASCIIString(name, "CUSTOM") != 0)
+        return name;
+    PyObject *subclass = value_or_empty(self, "Event-Subclass");
+    if (subclass == NULL || PyUnicode_GET_LENGTH(subclass) > 0) {
+        Py_DECREF(name);
+        return subclass;
+    }
+    Py_DECREF(subclass);
+    return name;
+}
+
+static PyObject *
 Headers_get_all(Headers *self, PyObject *name)
 {
     Py_ssize_t index = lookup_object(self, name);
@@ -406,12 +469,15 @@ Headers_get_data(Headers *self, void *Py_UNUSED(closure))
 static PyMethodDef Headers_methods[] = {
     {"get", (PyCFunction)(void (*)(void))Headers_get, METH_FASTCALL,
      "get(name, default=None): the first value of a header, URL-decoded"},
+    {"int", (PyCFunction)(void (*)(void))Headers_int, METH_FASTCALL,
+     "int(name, default=0): a header as an int, or the default when absent or not a number"},
     {"get_all", (PyCFunction)Headers_get_all, METH_O, "get_all(name): every value of a header, in order"},
     {"names", (PyCFunction)Headers_names, METH_NOARGS, "names(): each header name once, in order"},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef Headers_getset[] = {
+    {"name", (getter)Headers_get_name, NULL, "Event-Name, or Event-Subclass for CUSTOM events", NULL},
     {"tail", (getter)Headers_get_tail, NULL, "offset of the inner body after the empty line, or -1", NULL},
     {"data", (getter)Headers_get_data, NULL, "the event bytes", NULL},
     {NULL, NULL, NULL, NULL, NULL},

@@ -227,7 +227,8 @@ def parse_event_plain_indexed(data: bytes) -> Event:
     if vocab.H_EVENT_NAME not in event:
         raise EventParseError("event without Event-Name (first line %r)"
                               % data[:120].decode("utf-8", "replace").split("\n")[0])
-    _indexed_body(event)  # a bad inner Content-Length fails here, as in the pure-Python parser
+    if event.tail >= 0:
+        _indexed_body(event)  # a bad inner Content-Length fails here, as in the pure-Python parser
     return event
 
 

@@ -7,7 +7,9 @@ _PHONE = re.compile(r"\+?[0-9]{1,32}")
 
 
 def digits_of(number: str | None) -> str:
-    return "".join(ch for ch in number or "" if ch.isdigit())
+    if not number or number.isdigit():  # most caller ids: nothing to drop
+        return number or ""
+    return "".join(ch for ch in number if ch.isdigit())
 
 
 def clean_phone(number: str | None) -> str:

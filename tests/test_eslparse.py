@@ -130,7 +130,7 @@ def described(event) -> dict:
     """Everything a reader can get out of an event."""
     names = event.names()
     return {"names": sorted(names), "unique": len(names) == len(set(names)), "name": event.name,
-            "values": {n: (event.get(n), event[n], n in event, event.get_all(n)) for n in names},
+            "values": {n: (event.get(n), event[n], n in event, event.get_all(n), event.int(n, -1)) for n in names},
             "absent": (event.get("No-Such-Header"), event.get("No-Such", "x"), "No-Such" in event,
                        event.get_all("No-Such")),
             "body": event.body}
@@ -162,6 +162,8 @@ EDGE_CASES = [
     b"Event-Name: BACKGROUND_JOB\nContent-Length: -1\n\nbody\n",
     b"Event-Name: X\nvariable_a: 1\nContent-Length: 3\n\nabc",
     b"Event-Name: CUSTOM\nEvent-Subclass: sofia%3A%3Aregister\n\n",
+    b"Event-Name: CUSTOM\nEvent-Subclass:\n\n",
+    b"Event-Name: X\nA: 12\nB: -3\nC: 1_0\nD: 99999999999999999999999\nE: %31%32\nF:  7 \nG: 1e3\nH: \xd9\xa3\n\n",
     b"Unique-ID: no name\n\n",
     b"",
     b"\n\nEvent-Name: after a blank line\n",
