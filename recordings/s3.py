@@ -76,6 +76,10 @@ class S3Store:
             max_pool_connections=64,
             # S3-compatible stores rarely have wildcard DNS for virtual-host bucket names.
             s3={"addressing_style": "path"} if endpoint_url else None,
+            # A recording is read to be streamed on: a whole-object CRC32 (botocore's default check
+            # on reads since 1.36) could only fail after the last byte went to the player, and it was
+            # the biggest single cost of playback. Uploads still send a checksum that S3 verifies.
+            response_checksum_validation="when_required",
         )
         # Own session: boto3's default session is process-wide state. Building the client does no
         # I/O; credentials are resolved on the first request. Clients are thread-safe, so one
