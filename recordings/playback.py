@@ -12,7 +12,7 @@ import hmac
 import logging
 import re
 from dataclasses import dataclass
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 import bottle
 
@@ -23,7 +23,12 @@ logger = logging.getLogger(__name__)
 
 MAX_CLIENT_ID_LENGTH = 256
 RETRY_AFTER_SECONDS = 30
-CHUNK_SIZE = 64 * 1024
+# Bigger chunks mean fewer, bigger socket writes: one stream went ~1.3x faster with 1 MiB than
+# with 64 KiB. Each open stream holds a chunk, so the big ones come from a budget shared by all of
+# them; streams beyond it get the small size. Memory stays bounded whatever the files' sizes.
+MIN_CHUNK = 64 * 1024
+MAX_CHUNK = 1024 * 1024
+CHUNK_BUDGET = 8 * 1024 * 1024
 _TEXT = "text/plain; charset=utf-8"
 _REASONS = {
     400: "Bad request", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
@@ -32,6 +37,23 @@ _REASONS = {
 # One byte range, RFC 7233 section 2.1; anything else (several ranges, other units) is ignored.
 _RANGE = re.compile(r"\s*bytes\s*=\s*(?:(\d{1,18})\s*-\s*(\d{0,18})|-\s*(\d{1,18}))\s*", re.IGNORECASE)
 _MAX_RANGE_HEADER = 200
+
+
+class ChunkBudget:
+    """Chunk sizes for open streams: MAX_CHUNK while the budget lasts, MIN_CHUNK beyond it."""
+
+    def __init__(self, total: int):
+        self.free = total
+
+    def take(self) -> int:
+        size = MAX_CHUNK
+        while size > MIN_CHUNK and size > self.free:
+            size //= 2
+        self.free -= size
+        return size
+
+    def give(self, size: int) -> None:
+        self.free += size
 
 
 class AccessDenied(Exception):
@@ -58,9 +80,11 @@ class ByteRange:
         return self.end - self.start + 1
 
 
-def make_app(store: RecordingStore, codec: TokenCodec, client_ids: Mapping[str, str]) -> bottle.Bottle:
+def make_app(store: RecordingStore, codec: TokenCodec, client_ids: Mapping[str, str],
+             budget: ChunkBudget | None = None) -> bottle.Bottle:
     """client_ids: account name -> that account's CRM module clientId."""
     client_ids = dict(client_ids)
+    budget = budget or ChunkBudget(CHUNK_BUDGET)
     app = bottle.Bottle()
     # Errors Bottle raises itself (no route, wrong method) get the same short plain-text answer.
     app.default_error_handler = _bottle_error
@@ -70,7 +94,7 @@ def make_app(store: RecordingStore, codec: TokenCodec, client_ids: Mapping[str, 
         try:
             ref = _verified_ref(codec, client_ids, token)
             _check_client_id(bottle.request.query.getall("clientId"), client_ids[ref.account])
-            return _serve(store, ref, bottle.request)
+            return _serve(store, ref, bottle.request, budget)
         except Exception as exc:  # every error becomes a status code in one place
             return error_response(exc)
 
@@ -99,12 +123,30 @@ def _check_client_id(values: list[str], expected: str) -> None:
         raise AccessDenied()
 
 
-def _serve(store: RecordingStore, ref: RecordingRef, request: bottle.BaseRequest) -> bottle.HTTPResponse:
+def _serve(store: RecordingStore, ref: RecordingRef, request: bottle.BaseRequest,
+           budget: ChunkBudget) -> bottle.HTTPResponse:
+    chunk_size = budget.take()
+    body: bytes | _Body = b""
+    try:
+        answer = _answer(store, ref, request, chunk_size)
+        body = answer.body
+        return answer
+    finally:
+        # The budget comes back when the body is closed (sent, or the player went away), or now
+        # when there is no body to send.
+        if isinstance(body, _Body):
+            body.on_close = lambda: budget.give(chunk_size)
+        else:
+            budget.give(chunk_size)
+
+
+def _answer(store: RecordingStore, ref: RecordingRef, request: bottle.BaseRequest,
+            chunk_size: int) -> bottle.HTTPResponse:
     # A plain GET (a player starting) needs the whole object: one request to the store gives both
     # the headers and the bytes. Ranges, HEAD and conditional requests look at the metadata first.
     plain = request.method == "GET" and not any(request.headers.get(h) for h in ("Range", "If-None-Match", "If-Range"))
     if plain:
-        obj, chunks = store.open(ref.name, CHUNK_SIZE)
+        obj, chunks = store.open(ref.name, chunk_size)
     else:
         obj, chunks = store.head(ref.name), None
     headers = {
@@ -131,13 +173,14 @@ def _serve(store: RecordingStore, ref: RecordingRef, request: bottle.BaseRequest
         headers["Content-Range"] = "bytes %d-%d/%d" % (span.start, span.end, obj.size)
     headers["Content-Length"] = str(span.length)
 
-    body: bytes | Iterator[bytes] = b""
+    body: bytes | _Body = b""
     if request.method != "HEAD" and span.length > 0:
         if chunks is None:
-            chunks = store.read(ref.name, span.start, span.end, CHUNK_SIZE)
-        chunks = iter(chunks)
+            chunks = store.read(ref.name, span.start, span.end, chunk_size)
         # Take the first chunk now, so a store that fails lazily still gets a proper status code.
-        body = _stream(next(chunks, b""), chunks, ref)
+        body = _Body(chunks, ref)
+    elif chunks is not None:
+        _close(chunks)
     logger.info("serving recording account=%s call=%s status=%d bytes=%d method=%s",
                 ref.account, ref.call_id, status, span.length, request.method)
     return bottle.HTTPResponse(body=body, status=status, headers=headers)
@@ -189,18 +232,44 @@ def _if_range_holds(header: str | None, obj: StoredObject, last_modified: str) -
     return header == last_modified
 
 
-def _stream(first: bytes, chunks: Iterator[bytes], ref: RecordingRef) -> Iterator[bytes]:
-    """The body, chunk by chunk. Once headers are out an error can only cut the answer short:
-    log it, and let the client see a body shorter than Content-Length."""
-    try:
-        yield first
-        yield from chunks
-    except Exception:
-        logger.exception("reading recording account=%s call=%s failed mid-answer", ref.account, ref.call_id)
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+class _Body:
+    """The answer's body, chunk by chunk. Once headers are out an error can only cut the answer
+    short: log it, and let the client see a body shorter than Content-Length. The WSGI server
+    calls close() when the answer is done or the client went away, even if it never iterated."""
+
+    def __init__(self, chunks: Iterator[bytes], ref: RecordingRef):
+        self._chunks = iter(chunks)
+        self._ref = ref
+        self.on_close: Callable[[], None] | None = None
+        try:
+            self._first: bytes | None = next(self._chunks, b"")
+        except BaseException:
+            _close(self._chunks)
+            raise
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            if self._first:
+                first, self._first = self._first, None
+                yield first
+            yield from self._chunks
+        except Exception:
+            logger.exception("reading recording account=%s call=%s failed mid-answer", self._ref.account,
+                             self._ref.call_id)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        _close(self._chunks)
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            on_close()
+
+
+def _close(chunks: Iterator[bytes]) -> None:
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
 
 
 def error_response(exc: Exception) -> bottle.HTTPResponse:

@@ -1,5 +1,9 @@
 """The S3 boundary (AWS S3 and S3-compatible stores such as MinIO): the only importer of boto3/botocore.
 
+Uploads, HEADs and bucket checks go through boto3. Reads (playback) go to a presigned URL over a
+urllib3 pool of their own: same credentials and signature, without botocore's per-request and
+per-chunk machinery, which was most of what kept playback below a direct S3 GET.
+
 Every way a request can fail becomes one of two domain errors: `RecordingNotFound` (no such object,
 or a local file that cannot be read) or `StorageUnavailable` (try again later, or an operator must
 fix the bucket, the credentials or the policy; those are also logged at ERROR here). Credentials
@@ -10,14 +14,19 @@ line or an exception message.
 from __future__ import annotations
 
 import datetime as dt
+import email.utils
 import logging
 import os
+import re
 import stat
+import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 import boto3
+import urllib3
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
@@ -30,6 +39,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from recordings.base import RecordingNotFound, StorageUnavailable, StoredObject, content_type_of
 
@@ -50,6 +60,12 @@ _VALUE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 # a few buffers whatever the size.
 _MULTIPART_THRESHOLD = 16 * 1024 * 1024
 _MULTIPART_CHUNKSIZE = 8 * 1024 * 1024
+# Reads go to a presigned URL (signed here, no network) over a plain urllib3 pool: botocore's
+# request and response machinery cost about a fifth of a playback's CPU. It is valid far longer
+# than a read can take to start.
+_PRESIGNED_SECONDS = 300
+_ERROR_CODE = re.compile(rb"<Code>([^<]{1,100})</Code>")
+_RETRY_STATUSES = frozenset({500, 502, 503, 504})
 
 
 class S3Store:
@@ -90,6 +106,8 @@ class S3Store:
         # keeps a single connection and bounded memory per upload.
         self._transfer = TransferConfig(multipart_threshold=_MULTIPART_THRESHOLD,
                                         multipart_chunksize=_MULTIPART_CHUNKSIZE, use_threads=False)
+        self._reads = _ReadPool(connect_timeout, read_timeout, pool_size=64)
+        self._read_attempts = max(1, max_attempts)
 
     def __repr__(self) -> str:
         return "S3Store(bucket=%r, endpoint_url=%r, prefix=%r)" % (self.bucket, self.endpoint_url, self.prefix)
@@ -142,35 +160,66 @@ class S3Store:
         full = self._key(key)
         # Not a generator: the request is made here, so errors reach the caller before it has sent
         # a status line.
-        try:
-            response = self._client.get_object(Bucket=self.bucket, Key=full, Range="bytes=%d-%d" % (start, end))
-        except _S3_ERRORS as exc:
-            raise self._translate(exc, "read", full) from exc
-        body = response["Body"]
+        response = self._get(full, "read", {"Range": "bytes=%d-%d" % (start, end)})
         wanted = end - start + 1
-        if response.get("ContentLength") != wanted:
+        length = response.headers.get("Content-Length")
+        if length != str(wanted):
             # The caller sized its answer from head(); fewer bytes means the object changed since.
-            body.close()
+            response.close()
             raise StorageUnavailable("S3 object %s/%s has %s bytes in range %d-%d, not %d (%s)"
-                                     % (self.bucket, full, response.get("ContentLength"), start, end, wanted,
-                                        response.get("ContentRange")))
-        return _BodyChunks(body, chunk_size, "%s/%s" % (self.bucket, full))
+                                     % (self.bucket, full, length, start, end, wanted,
+                                        response.headers.get("Content-Range")))
+        return _BodyChunks(response, chunk_size, "%s/%s" % (self.bucket, full))
 
     def open(self, key: str, chunk_size: int = 64 * 1024) -> tuple[StoredObject, Iterator[bytes]]:
         """One GET instead of HEAD then GET: a playback starts one round trip sooner."""
         if chunk_size <= 0:
             raise ValueError("bad chunk size %d for %s" % (chunk_size, key))
         full = self._key(key)
+        response = self._get(full, "open", {})
         try:
-            response = self._client.get_object(Bucket=self.bucket, Key=full)
-        except _S3_ERRORS as exc:
-            raise self._translate(exc, "open", full) from exc
-        return _stored(key, response), _BodyChunks(response["Body"], chunk_size, "%s/%s" % (self.bucket, full))
+            stored = _stored(key, _metadata_of(response.headers))
+        except (KeyError, ValueError, TypeError) as exc:
+            response.close()
+            raise StorageUnavailable("S3 answer for %s/%s lacks usable headers: %s" % (self.bucket, full, exc)) from None
+        return stored, _BodyChunks(response, chunk_size, "%s/%s" % (self.bucket, full))
 
     def check(self) -> None:
         self._head_bucket("check", None)
 
     # -- internals --
+
+    def _get(self, full: str, action: str, headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
+        """A GET of the object, retried like botocore's standard mode would (connection errors,
+        timeouts and 5xx answers); a 2xx answer comes back with its body unread."""
+        where = "%s/%s" % (self.bucket, full)
+        try:
+            url = self._client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": full},
+                                                      ExpiresIn=_PRESIGNED_SECONDS)
+        except _S3_ERRORS as exc:
+            raise self._translate(exc, action, full) from exc
+        for attempt in range(1, self._read_attempts + 1):
+            last = attempt == self._read_attempts
+            try:
+                response = self._reads.get(url, headers)
+            except Urllib3Timeout as exc:
+                error: Exception = StorageUnavailable("S3 %s of %s failed: timeout (%s)" % (action, where, exc))
+            except (Urllib3Error, OSError) as exc:
+                error = StorageUnavailable("S3 %s of %s failed: %s" % (action, where, exc))
+            else:
+                if 200 <= response.status < 300:
+                    return response
+                body = response.read(4096, decode_content=False) if response.status != 304 else b""
+                response.close()
+                match = _ERROR_CODE.search(body)
+                code = match.group(1).decode("ascii", "replace") if match else ""
+                error = self._classify(response.status, code, "", action, full)
+                if response.status not in _RETRY_STATUSES and code not in _TRANSIENT_CODES:
+                    raise error
+            if last:
+                raise error
+            time.sleep(0.05 * attempt)  # a blip, not an outage: the player is waiting
+        raise AssertionError("unreachable")
 
     def _key(self, key: str) -> str:
         if not key:
@@ -206,24 +255,9 @@ class S3Store:
         where = "%s/%s" % (self.bucket, full) if full else "bucket %s" % self.bucket
         if isinstance(exc, ClientError):
             error: dict[str, Any] = exc.response.get("Error") or {}
-            code = str(error.get("Code") or "")
             status = int((exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
-            if code == "NoSuchBucket" or (bucket_request and status == 404):
-                logger.error("S3 %s of %s: bucket %s does not exist", action, where, self.bucket)
-                return StorageUnavailable("S3 bucket %s does not exist (%s of %s)" % (self.bucket, action, where))
-            if status == 404 or code in ("NoSuchKey", "NotFound"):
-                return RecordingNotFound("no S3 object %s" % where)
-            if status == 416 or code == "InvalidRange":
-                # The caller sized the range from head(): the object has changed since.
-                return StorageUnavailable("S3 %s of %s: range not satisfiable" % (action, where))
-            if status >= 500 or status in (408, 429) or code in _TRANSIENT_CODES:
-                return StorageUnavailable("S3 %s of %s failed: HTTP %s %s" % (action, where, status, code))
-            # Access denied, bad credentials, clock skew, a malformed request: retrying will not
-            # help until someone fixes the configuration. Only code and message are logged: the
-            # error body of a signature mismatch also echoes the access key id.
-            logger.error("S3 refused %s of %s: HTTP %s %s %s", action, where, status, code,
-                         error.get("Message") or "")
-            return StorageUnavailable("S3 refused %s of %s: HTTP %s %s" % (action, where, status, code))
+            return self._classify(status, str(error.get("Code") or ""), str(error.get("Message") or ""), action,
+                                  full, bucket_request)
         if isinstance(exc, _CREDENTIAL_ERRORS):
             logger.error("S3 %s of %s: no usable credentials (environment, shared files, instance role): %s",
                          action, where, type(exc).__name__)
@@ -233,39 +267,96 @@ class S3Store:
         # Connection refused or reset, timeouts, DNS: the store is unreachable for now.
         return StorageUnavailable("S3 %s of %s failed: %s" % (action, where, exc))
 
+    def _classify(self, status: int, code: str, message: str, action: str, full: str | None,
+                  bucket_request: bool = False) -> Exception:
+        """The domain error for an S3 error answer; operator problems are logged here."""
+        where = "%s/%s" % (self.bucket, full) if full else "bucket %s" % self.bucket
+        if code == "NoSuchBucket" or (bucket_request and status == 404):
+            logger.error("S3 %s of %s: bucket %s does not exist", action, where, self.bucket)
+            return StorageUnavailable("S3 bucket %s does not exist (%s of %s)" % (self.bucket, action, where))
+        if status == 404 or code in ("NoSuchKey", "NotFound"):
+            return RecordingNotFound("no S3 object %s" % where)
+        if status == 416 or code == "InvalidRange":
+            # The caller sized the range from head(): the object has changed since.
+            return StorageUnavailable("S3 %s of %s: range not satisfiable" % (action, where))
+        if status >= 500 or status in (408, 429) or code in _TRANSIENT_CODES:
+            return StorageUnavailable("S3 %s of %s failed: HTTP %s %s" % (action, where, status, code))
+        # Access denied, bad credentials, clock skew, a malformed request: retrying will not
+        # help until someone fixes the configuration. Only code and message are logged: the
+        # error body of a signature mismatch also echoes the access key id.
+        logger.error("S3 refused %s of %s: HTTP %s %s %s", action, where, status, code, message)
+        return StorageUnavailable("S3 refused %s of %s: HTTP %s %s" % (action, where, status, code))
+
+
+class _ReadPool:
+    """Keep-alive connections for presigned GETs, honouring what botocore honours from the
+    environment: HTTP(S)_PROXY / NO_PROXY and AWS_CA_BUNDLE."""
+
+    def __init__(self, connect_timeout: float, read_timeout: float, pool_size: int):
+        self._options: dict[str, Any] = {
+            "maxsize": pool_size, "block": False, "retries": False,
+            "timeout": urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+            "ca_certs": os.environ.get("AWS_CA_BUNDLE") or None,
+        }
+        self._proxies = getproxies()
+        self._direct = urllib3.PoolManager(**self._options)
+        self._via_proxy: dict[str, urllib3.ProxyManager] = {}
+
+    def get(self, url: str, headers: Mapping[str, str]) -> urllib3.BaseHTTPResponse:
+        parts = urlsplit(url)
+        proxy = self._proxies.get(parts.scheme)
+        manager: urllib3.PoolManager = self._direct
+        if proxy and not proxy_bypass(parts.hostname or ""):
+            manager = self._via_proxy.get(proxy) or self._via_proxy.setdefault(
+                proxy, urllib3.ProxyManager(proxy, **self._options))
+        return manager.request("GET", url, headers=dict(headers), preload_content=False, redirect=False)
+
 
 class _BodyChunks:
-    """The chunks of a GetObject body, closing it once drained, on error, or on close(): WSGI
+    """The chunks of a GET answer's body, closing it once drained, on error, or on close(): WSGI
     servers call close() on a response iterable, so an aborted download frees its connection."""
 
-    def __init__(self, body: Any, chunk_size: int, where: str):
-        self._body: Any = body
-        self._chunks = body.iter_chunks(chunk_size)
+    def __init__(self, response: urllib3.BaseHTTPResponse, chunk_size: int, where: str):
+        self._response: urllib3.BaseHTTPResponse | None = response
+        self._chunk_size = chunk_size
         self._where = where
 
     def __iter__(self) -> _BodyChunks:
         return self
 
     def __next__(self) -> bytes:
-        if self._body is None:
+        response = self._response
+        if response is None:
             raise StopIteration
         try:
-            return next(self._chunks)
-        except StopIteration:
-            self.close()
-            raise
-        except (BotoCoreError, Urllib3Error, OSError) as exc:
+            # What has arrived, up to a chunk: the player gets bytes as soon as S3 sends them.
+            # Recordings are stored without a Content-Encoding: the bytes are the file's.
+            chunk = response.read1(self._chunk_size, decode_content=False)
+        except (Urllib3Error, OSError) as exc:
             # The status line has gone out already; the HTTP layer aborts the response.
             self.close()
             raise StorageUnavailable("S3 read of %s broke off: %s" % (self._where, exc)) from exc
+        if not chunk:
+            self.close()
+            raise StopIteration
+        return chunk
 
     def close(self) -> None:
-        body, self._body = self._body, None
-        if body is not None:
-            body.close()
+        response, self._response = self._response, None
+        if response is not None:
+            if not response.closed:  # not drained: the connection cannot be reused
+                response.close()
+            response.release_conn()
 
     def __del__(self) -> None:
         self.close()
+
+
+def _metadata_of(headers: Mapping[str, str]) -> dict:
+    """A GET answer's headers in the shape boto3 gives a HEAD answer."""
+    modified = email.utils.parsedate_to_datetime(headers["Last-Modified"])
+    return {"ETag": headers.get("ETag"), "LastModified": modified, "ContentLength": int(headers["Content-Length"]),
+            "ContentType": headers.get("Content-Type")}
 
 
 def _wire_metadata(metadata: Mapping[str, str]) -> dict[str, str]:

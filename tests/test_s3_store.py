@@ -467,3 +467,22 @@ def test_given_shorter_object_than_range_when_read_then_storage_unavailable_befo
     with pytest.raises(StorageUnavailable, match="not 200"):
         store.read(name, 0, 199)  # sized from a stale head(): only 100 bytes exist
 
+
+
+def test_given_http_proxy_in_environment_when_read_then_the_read_goes_through_it(raw_server, monkeypatch):
+    # As botocore does for its own requests: HTTP_PROXY is honoured, NO_PROXY can exempt a host.
+    proxy = raw_server(http_answer("206 Partial Content", b"0123456789", Content_Range="bytes 0-9/100",
+                                   Content_Type="audio/wav", ETag='"abc"'))
+    monkeypatch.setenv("HTTP_PROXY", proxy.endpoint)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    name = new_name()
+    store = make_store("http://s3.example.invalid:9000")
+
+    assert b"".join(store.read(name, 0, 9)) == b"0123456789"
+    assert proxy.requests[0].startswith(b"GET http://s3.example.invalid:9000/%s/%s?" % (BUCKET.encode(),
+                                                                                      name.encode()))
+    monkeypatch.setenv("NO_PROXY", "s3.example.invalid")
+    with pytest.raises(StorageUnavailable):
+        make_store("http://s3.example.invalid:9000").read(name, 0, 9)  # straight to a host that does not exist
+    assert len(proxy.requests) == 1
