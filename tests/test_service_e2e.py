@@ -1,5 +1,6 @@
 """The whole service through real sockets: fake FreeSWITCH (ESL over TCP) and fake retailCRM (HTTP)."""
 
+import contextlib
 import signal
 import time
 
@@ -12,14 +13,21 @@ from fs_crm.service import GROUP_COMMIT_SECONDS, Service
 from fs_crm.sim.calls import first_leg, fresh_call, header
 
 
+@contextlib.contextmanager
+def running_service(fs, crm, state_dir, **delivery):
+    svc = Service(make_config(fs, crm, state_dir, **delivery))
+    svc.start()
+    try:
+        assert fs.wait_subscribed(timeout=10)
+        yield svc
+    finally:
+        svc.stop()
+
+
 @pytest.fixture
 def service(fakes, state_dir):
-    fs, crm = fakes
-    svc = Service(make_config(fs, crm, state_dir))
-    svc.start()
-    assert fs.wait_subscribed(timeout=10)
-    yield svc
-    svc.stop()
+    with running_service(*fakes, state_dir) as svc:
+        yield svc
 
 
 def history_ids(crm):
@@ -135,10 +143,7 @@ def test_given_internal_call_when_played_then_crm_gets_nothing(fakes, service):
 
 def test_given_stale_card_when_crm_slow_then_card_dropped_but_history_kept(fakes, state_dir):
     fs, crm = fakes
-    svc = Service(make_config(fs, crm, state_dir, card_max_age=0.3, event_read_timeout=0.2))
-    svc.start()
-    try:
-        assert fs.wait_subscribed(timeout=10)
+    with running_service(fs, crm, state_dir, card_max_age=0.3, event_read_timeout=0.2) as svc:
         crm.set_mode("unavailable")
         call = fresh_call("in_missed", "stale")
         fs.play(call)
@@ -146,16 +151,11 @@ def test_given_stale_card_when_crm_slow_then_card_dropped_but_history_kept(fakes
         crm.set_mode("ok")
         assert crm.wait_for(lambda: history_ids(crm) == [first_leg(call)], timeout=10)
         assert crm.events == []
-    finally:
-        svc.stop()
 
 
 def test_given_ringing_card_dropped_when_crm_back_before_hangup_then_hangup_not_sent(fakes, state_dir):
     fs, crm = fakes
-    svc = Service(make_config(fs, crm, state_dir, card_max_age=1.0, event_read_timeout=0.2))
-    svc.start()
-    try:
-        assert fs.wait_subscribed(timeout=10)
+    with running_service(fs, crm, state_dir, card_max_age=1.0, event_read_timeout=0.2) as svc:
         crm.set_mode("unavailable")
         call = fresh_call("in_missed", "back-before-hangup")
         ended = next(i for i, body in enumerate(call) if header(body, "Event-Name").startswith("CHANNEL_HANGUP"))
@@ -170,8 +170,6 @@ def test_given_ringing_card_dropped_when_crm_back_before_hangup_then_hangup_not_
         assert crm.wait_for(lambda: history_ids(crm) == [first_leg(call), first_leg(marker)], timeout=10)
         assert crm.wait_for(lambda: [e["type"] for e in crm.events] == ["out", "hangup"], timeout=5)
         assert {e["callExternalId"] for e in crm.events} == {first_leg(marker)}
-    finally:
-        svc.stop()
 
 
 def test_given_fs_crm_run_when_sigterm_then_it_drains_and_exits_zero(fakes, tmp_path):
