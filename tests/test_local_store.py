@@ -3,23 +3,14 @@
 import datetime as dt
 import json
 import os
-import wave
 
 import pytest
+from audio import write_wav
 
 from recordings.base import RecordingNotFound, StorageUnavailable
 from recordings.local import META_SUFFIX, LocalStore
 
 KEY = "shop/2024/05/17/5f0c-call.wav"
-
-
-def write_wav(path, seconds=1, rate=8000):
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(bytes((i * 7) % 256 for i in range(seconds * rate * 2)))
-    return path
 
 
 @pytest.fixture

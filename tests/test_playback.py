@@ -5,12 +5,12 @@ import email.utils
 import hashlib
 import logging
 import tracemalloc
-import wave
 from pathlib import Path
 
 import gevent.pywsgi
 import pytest
 import requests
+from audio import write_wav
 
 from fs_crm.polling import wait_for
 from recordings.base import RecordingNotFound, StorageUnavailable, StoredObject
@@ -23,15 +23,6 @@ CLIENT_IDS = {"shop": "shop-client-id-7f3a9c", "other": "other-client-id-21b8"}
 CALL_ID = "6a1f0b3c-2d4e-4f50-9a8b-7c6d5e4f3a2b"
 NAME = recording_name("shop", CALL_ID, dt.date(2024, 5, 17), "wav")
 CAPTURED_WAV = Path(__file__).resolve().parent.parent / "fs_crm/sim/captures/pbx/in_answered_ringgroup.recording.wav"
-
-
-def write_wav(path, seconds=2, rate=8000):
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(bytes((i * 31) % 251 for i in range(seconds * rate * 2)))
-    return path
 
 
 class SpyStore:
@@ -122,7 +113,7 @@ def serve():
 def wav(tmp_path):
     if CAPTURED_WAV.is_file():
         return CAPTURED_WAV
-    return write_wav(tmp_path / "recording.wav")
+    return write_wav(tmp_path / "recording.wav", seconds=2)
 
 
 @pytest.fixture
