@@ -47,7 +47,7 @@ from common import (  # noqa: E402
     percentile,
     result,
     service_cpu_seconds,
-    stop_service,
+    shut_down,
 )
 
 from fs_crm.config import api_key_env_name  # noqa: E402
@@ -250,10 +250,7 @@ def main() -> int:
         figure("bench process CPU (fakes) during the window", "%.0f%% of one core"
                % (100 * cpu_own / (window_end - window_start)))
     finally:
-        exit_code, stopped_in = stop_service(service)
-        log.close()
-        fs.stop()
-        crm.stop()
+        exit_code, stopped_in = shut_down(service, log, fs, crm)
 
     problems = log_problems(log_path)
     figure("service exit after SIGTERM", "code %s in %.2f s" % (exit_code, stopped_in), "0, clean")

@@ -45,9 +45,10 @@ from common import (  # noqa: E402
     log_problems,
     own_cpu_seconds,
     percentile,
+    print_problems,
     result,
     service_cpu_seconds,
-    stop_service,
+    shut_down,
 )
 
 from fs_crm.config import api_key_env_name  # noqa: E402
@@ -237,15 +238,9 @@ def main() -> int:
             else "MISMATCH"))
         figure("`api sofia_contact` received", str(sum(1 for _, cmd in list(fs.commands)
                                                        if cmd.startswith("api sofia_contact "))))
-        for problem in problems[:10]:
-            print("    problem: %s" % problem)
-        if len(problems) > 10:
-            print("    ... %d more problems" % (len(problems) - 10))
+        print_problems(problems)
     finally:
-        exit_code, stopped_in = stop_service(service)
-        log.close()
-        fs.stop()
-        crm.stop()
+        exit_code, stopped_in = shut_down(service, log, fs, crm)
 
     warnings = log_problems(log_path)
     figure("service exit after SIGTERM", "code %s in %.2f s" % (exit_code, stopped_in), "0, clean")

@@ -103,6 +103,23 @@ def distinct_id(seed: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, "fs-crm-bench/" + seed))
 
 
+def shut_down(service: subprocess.Popen, log, *fakes) -> tuple[int | None, float]:
+    """End of a run: stop the service (see stop_service), close its log file, stop the fakes."""
+    try:
+        return stop_service(service)
+    finally:
+        log.close()
+        for fake in fakes:
+            fake.stop()
+
+
+def print_problems(problems: list[str], most: int = 10) -> None:
+    for problem in problems[:most]:
+        print("    problem: %s" % problem)
+    if len(problems) > most:
+        print("    ... %d more problems" % (len(problems) - most))
+
+
 def stop_service(service: subprocess.Popen) -> tuple[int | None, float]:
     """SIGTERM the service (kill it after 20 s) and return (exit code, seconds it took)."""
     stopping = time.monotonic()

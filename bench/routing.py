@@ -53,9 +53,10 @@ from common import (  # noqa: E402
     figure,
     own_cpu_seconds,
     percentile,
+    print_problems,
     result,
     service_cpu_seconds,
-    stop_service,
+    shut_down,
 )
 
 from fs_crm.config import RoutingConfig, api_key_env_name  # noqa: E402
@@ -314,15 +315,9 @@ def main() -> int:
         print()
         figure("manager lookups received by the fake CRM", "%d (for %d calls)" % (manager_requests,
                                                                                WARMUP_CALLS + 2 * CALLS))
-        for problem in problems[:10]:
-            print("    problem: %s" % problem)
-        if len(problems) > 10:
-            print("    ... %d more problems" % (len(problems) - 10))
+        print_problems(problems)
     finally:
-        exit_code, stopped_in = stop_service(service)
-        log.close()
-        fs.stop()
-        crm.stop()
+        exit_code, stopped_in = shut_down(service, log, fs, crm)
 
     # The service's own figure (CallRouter: from the connect reply to the decision queued), whole ms.
     text = log_path.read_text(errors="replace")
