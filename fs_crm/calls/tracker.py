@@ -1,0 +1,146 @@
+"""The call tracker (pure): FreeSWITCH channel events in, CRM call cards and history records out.
+
+It owns the state (calls in progress, which call each leg joined, legs already reported) and ties
+the jobs together: legs, card_policy, history_mapping, reconcile. The traps of the real streams
+that shape it all are listed in fs_crm/calls/legs.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+from fs_crm import vocab
+from fs_crm.calls import card_policy, history_mapping, reconcile
+from fs_crm.calls.legs import ROLE_EXTENSION, ROLE_EXTERNAL, Call, event_time_us, leg_for, update_leg
+from fs_crm.calls.reconcile import LiveChannel
+from fs_crm.config import AccountConfig
+from fs_crm.eslparse import Event
+from fs_crm.payloads import CallEvent, CallRecord
+
+logger = logging.getLogger(__name__)
+
+_CHANNEL_EVENTS = frozenset(vocab.TRACKED_EVENTS)
+FINISHED_LEGS_REMEMBERED = 50_000
+
+
+class CallTracker:
+    def __init__(self, accounts: tuple[AccountConfig, ...]):
+        if not accounts:
+            raise ValueError("at least one account is needed")
+        self.accounts = accounts
+        self._by_domain = {a.domain.lower(): a for a in accounts}
+        self.calls: dict[str, Call] = {}
+        self._leg_call: dict[str, str] = {}
+        # Legs of calls already reported: their straggling events (a DESTROY after the last
+        # HANGUP_COMPLETE, a repeat after a reconnect) must not open a second call.
+        self._finished_legs: OrderedDict[str, None] = OrderedDict()
+        # Bumped on every change of tracked state, so the service saves a snapshot only when needed.
+        self.changes = 0
+
+    # --- event intake ---------------------------------------------------------------------------
+    def handle(self, event: Event) -> list[CallEvent | CallRecord]:
+        name = event.name
+        if name not in _CHANNEL_EVENTS:
+            logger.debug("ignoring %s event", name)
+            return []
+        uuid = event.get(vocab.H_UNIQUE_ID)
+        if not uuid:
+            logger.warning("%s event without Unique-ID ignored", name)
+            return []
+        if uuid in self._finished_legs:
+            return []
+        self.changes += 1
+        call, leg = leg_for(self.calls, self._leg_call, uuid, event)
+        update_leg(leg, event, name)
+        call.last_event_us = max(call.last_event_us, event_time_us(event))
+        effects: list[CallEvent | CallRecord] = []
+        account = self._account_of(call)
+        if account is None:
+            logger.debug("call %s: no account matches yet", call.id)
+        else:
+            effects.extend(card_policy.cards(call, leg, name, event, account))
+        if call.complete:
+            effects.extend(self._finish(call, account))
+        return effects
+
+    # --- accounts -------------------------------------------------------------------------------
+    def _account_of(self, call: Call) -> AccountConfig | None:
+        if len(self.accounts) == 1:
+            return self.accounts[0]
+        for leg in call.legs.values():
+            if leg.role == ROLE_EXTENSION and leg.domain:
+                account = self._by_domain.get(leg.domain.lower())
+                if account is not None:
+                    return account
+        for leg in call.of_role(ROLE_EXTERNAL):
+            for number in leg.company_candidates:
+                for account in self.accounts:
+                    if account.site_of(number):
+                        return account
+        return None
+
+    # --- history --------------------------------------------------------------------------------
+    def _finish(self, call: Call, account: AccountConfig | None) -> list[CallRecord]:
+        del self.calls[call.id]
+        for uuid in call.legs:
+            self._leg_call.pop(uuid, None)
+            self._finished_legs[uuid] = None
+        while len(self._finished_legs) > FINISHED_LEGS_REMEMBERED:
+            self._finished_legs.popitem(last=False)
+        direction = history_mapping.call_direction(call)
+        if direction is None:
+            logger.debug("call %s finished: internal, not a CRM call", call.id)
+            return []
+        if account is None:
+            logger.warning("call %s finished but matches no account (domains %s); not reported", call.id,
+                           sorted({leg.domain for leg in call.legs.values() if leg.domain}))
+            return []
+        record = self.record_of(call, direction, account)
+        if record is None:
+            return []
+        logger.info("call %s account %s finished: %s %s %s, talk %ss, waited %ss", call.id, account.name,
+                    record.type, record.result, record.code or "-", record.duration, record.duration_waiting)
+        return [record]
+
+    def record_of(self, call: Call, direction: str, account: AccountConfig) -> CallRecord | None:
+        return history_mapping.record_of(call, direction, account)
+
+    # --- after a reconnect ----------------------------------------------------------------------
+    def reconcile(self, live: list[LiveChannel], now_us: int, idle_us: int | None = None) -> None:
+        """Align tracked calls with what FreeSWITCH says is alive right now.
+
+        Legs we track that are gone ended while we were not listening: they are marked orphaned
+        and finished by `expire_orphans` after a grace time, unless their late events still arrive.
+        Live legs we do not know are adopted, so their later events complete a proper record.
+
+        With `idle_us` (a periodic sweep while connected, whose channel list may race the event
+        stream) only calls silent for that long are considered, and nothing is adopted.
+        """
+        self.changes += 1
+        reconcile.mark_orphans(self.calls, live, now_us, idle_us)
+        if idle_us is not None:
+            return
+        reconcile.adopt_live(self.calls, self._leg_call, live)
+
+    def expire_orphans(self, now_us: int, grace_us: int) -> list[CallRecord]:
+        """Finish calls whose legs vanished during a disconnect, with what is known of them."""
+        records: list[CallRecord] = []
+        for call in reconcile.expired_orphans(self.calls, now_us, grace_us):
+            records.extend(self._finish(call, self._account_of(call)))
+        return records
+
+    def active_calls(self) -> int:
+        return len(self.calls)
+
+    # --- surviving a restart --------------------------------------------------------------------
+    SNAPSHOT_VERSION = 1
+
+    def snapshot(self) -> dict:
+        """The calls in progress as plain JSON-able data."""
+        return reconcile.snapshot_calls(self.calls, self.SNAPSHOT_VERSION)
+
+    def restore(self, snapshot: dict) -> int:
+        """Take back the calls a previous run was tracking; the first reconcile then tells which
+        of them ended while fs-crm was down. Returns how many calls were restored."""
+        return reconcile.restore_calls(snapshot, self.SNAPSHOT_VERSION, self.calls, self._leg_call)
