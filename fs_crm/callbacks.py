@@ -22,18 +22,22 @@ logger = logging.getLogger(__name__)
 
 MAX_QUERY = 4096
 PARAMS = ("clientId", "code", "phone", "userId", "externalPhone", "status")
+PHONE_PARAMS = ("phone", "externalPhone")
 
 
 def request_params() -> dict[str, str]:
     """Query and form parameters, each given at most once.
 
     retailCRM writes `phone=+79121234567` without encoding the +, so in the query string a + is a
-    plus, not a space (a real space arrives as %20 and is refused by validation).
+    plus, not a space. In a phone number only a leading + can be a plus: any later one is a
+    form-encoded space (`phone=8+912+123+45+67`), which the phone rule accepts like %20.
     """
     raw = bottle.request.query_string
     if len(raw) > MAX_QUERY:
         raise BadRequest("request too long")
     pairs = parse_qsl(raw.replace("+", "%2B"), keep_blank_values=True, max_num_fields=20)
+    pairs = [(name, value[:1] + value[1:].replace("+", " ") if name in PHONE_PARAMS else value)
+             for name, value in pairs]
     if bottle.request.method == "POST":
         pairs += list(bottle.request.forms.decode().allitems())
     params: dict[str, str] = {}

@@ -1,9 +1,10 @@
 """Click-to-call: the CRM asks for a call, the manager's phone rings first (showing the customer's
 number), and once answered the customer is dialled with the company number as caller ID.
 
-Nothing from the request is escaped-and-hoped into the originate command: the phone must be
-digits with an optional leading +, the extension must be one of the account's, and every other
-part comes from the validated config.
+Nothing from the request is escaped-and-hoped into the originate command: the phone must parse as
+a phone number (fs_crm.phones, in the account's country) and only its canonical digits
+("79121234567") are used, the extension must be one of the account's, and every other part comes
+from the validated config.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from typing import Callable, Mapping
 from fs_crm.commands import FreeswitchCommands
 from fs_crm.config import AccountConfig
 from fs_crm.esl import EslCommandError, EslError
+from fs_crm.phones import parse_phone
 
 logger = logging.getLogger(__name__)
 
-PHONE = re.compile(r"\+?[0-9]{3,20}")
+# What parse_phone gives (E.164 digits without +), checked again before it nears a command.
+PHONE = re.compile(r"[0-9]{7,15}")
 USER_ID = re.compile(r"[0-9]{1,12}")
 MAX_PARAM = 256
 
@@ -93,19 +96,32 @@ class CallRequest:
 
 def parse_call_request(account: AccountConfig, params: Mapping[str, str]) -> CallRequest:
     extension, user_id = manager_extension(account, params.get("code"), params.get("userId"))
-    phone = params.get("phone") or ""
-    if len(phone) > MAX_PARAM or not PHONE.fullmatch(phone):
-        raise BadRequest("phone must be 3 to 20 digits with an optional leading +")
+    phone = phone_param(account, params, "phone")
+    if phone is None:
+        raise BadRequest("phone is required")
     company = account.default_external_phone
-    asked = params.get("externalPhone")
+    asked = phone_param(account, params, "externalPhone")
     if asked:
-        match = account.site_of(asked) if len(asked) <= MAX_PARAM else None
+        match = account.site_of(asked)
         if match is not None:
             company = match[1]
         else:
             logger.info("account %s: externalPhone asked by the CRM is not configured; using %s", account.name,
                         company or "the dialplan's caller ID")
     return CallRequest(account, extension, user_id, phone, company)
+
+
+def phone_param(account: AccountConfig, params: Mapping[str, str], name: str) -> str | None:
+    """The parameter's number in canonical form ("+7 (912) 123-45-67", "8 912 123 45 67" and
+    "79121234567" are all "79121234567" for a RU account); None when not given."""
+    value = params.get(name)
+    if not value:
+        return None
+    number = parse_phone(value, account.country) if len(value) <= MAX_PARAM else None
+    if number is None or not PHONE.fullmatch(number):
+        raise BadRequest("%s is not a phone number (digits, spaces, brackets and dashes, with the country code "
+                         "or the national prefix)" % name)
+    return number
 
 
 def originate_command(call: CallRequest, call_uuid: str) -> str:

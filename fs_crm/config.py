@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from fs_crm.phones import clean_phone, digits_of
+from fs_crm.phones import canonical_phone, clean_phone, digits_of, is_country
 
 PASSWORD_ENV = "FS_CRM_FREESWITCH_PASSWORD"
 
@@ -104,6 +104,8 @@ class AccountConfig:
     extensions: tuple[tuple[int, str], ...] = ()
     # (store code, company number) pairs, in file order.
     external_phones: tuple[tuple[str, str], ...] = ()
+    # ISO 3166 alpha-2 region of numbers written without a country code ("89121234567" in RU).
+    country: str = "RU"
     # --- CRM to PBX ---
     # The account's dialplan context: click-to-call dials the customer there when no outbound
     # route is given (as if the manager had dialled the number), and routing falls back there.
@@ -145,14 +147,20 @@ class AccountConfig:
     def has_extension(self, extension: str) -> bool:
         return any(ext == extension for _, ext in self.extensions)
 
+    def canonical_phone(self, number: str | None) -> str:
+        """The number as fs-crm sends it to the CRM: E.164 digits without + (fs_crm.phones)."""
+        return canonical_phone(number, self.country)
+
     def site_of(self, number: str) -> tuple[str, str] | None:
         """(store code, configured number) for a company number written in any common form."""
         wanted = digits_of(number)
         if not wanted:
             return None
+        canonical = self.canonical_phone(number)
         for site, configured in self.external_phones:
             have = digits_of(configured)
-            if have == wanted or (len(have) >= 10 and len(wanted) >= 10 and have[-10:] == wanted[-10:]):
+            if (have == wanted or (len(have) >= 10 and len(wanted) >= 10 and have[-10:] == wanted[-10:])
+                    or self.canonical_phone(configured) == canonical):
                 return site, configured
         return None
 
@@ -238,7 +246,8 @@ class _Reader:
 _REQUIRED = object()
 # Values that end up inside FreeSWITCH commands are whitelisted here, at load time.
 _SAFE_WORD = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_ROUTE = re.compile(r"[A-Za-z0-9_./@:-]*\{number\}[A-Za-z0-9_./@:-]*")
+# "+" too: {number} has no + (E.164 digits), so a carrier wanting one gets ".../+{number}".
+_ROUTE = re.compile(r"[A-Za-z0-9_./@:+-]*\{number\}[A-Za-z0-9_./@:+-]*")
 
 
 def _parse_listen(reader: _Reader, value: str) -> tuple[str, int]:
@@ -277,6 +286,10 @@ def _load_account(path: str, index: int, table: Any, env: Mapping[str, str]) -> 
         zoneinfo.ZoneInfo(timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise r.error("timezone", "unknown time zone %r" % timezone) from None
+    country = r.str("country", "RU").strip().upper()
+    if not is_country(country):
+        raise r.error("country", "must be an ISO 3166 two-letter country code with a numbering plan (e.g. \"RU\", "
+                      "\"KZ\", \"DE\"), got %r" % r.table["country"])
 
     r.used.add("extensions")
     ext_table = r.table.get("extensions", {})
@@ -316,7 +329,7 @@ def _load_account(path: str, index: int, table: Any, env: Mapping[str, str]) -> 
     outbound_route = r.str("outbound_route", None)
     if outbound_route is not None and not _ROUTE.fullmatch(outbound_route):
         raise r.error("outbound_route", "must be a dial string holding {number} once and only letters, digits and "
-                      "/ @ . : _ - otherwise (e.g. \"sofia/gateway/carrier/{number}\"), got %r" % outbound_route)
+                      "/ @ . : _ - + otherwise (e.g. \"sofia/gateway/carrier/{number}\"), got %r" % outbound_route)
     fallback = r.str("fallback", None)
     if fallback is not None and not _SAFE_WORD.fullmatch(fallback):
         raise r.error("fallback", "must be a dialplan destination (letters, digits, '_', '-', '.'), got %r" % fallback)
@@ -331,7 +344,7 @@ def _load_account(path: str, index: int, table: Any, env: Mapping[str, str]) -> 
     return AccountConfig(
         name=name, crm_url=crm_url, api_key=api_key, client_id=client_id, code=code, domain=domain,
         timezone=timezone, extensions=tuple(extensions), external_phones=tuple(external_phones),
-        context=context, outbound_route=outbound_route,
+        country=country, context=context, outbound_route=outbound_route,
         answer_timeout=answer_timeout, fallback=fallback,
         status_push=status_push, callcenter_agent=agent,
     )

@@ -1,6 +1,7 @@
 """The CRM's callbacks through real HTTP: click-to-call and user status, against the fake FreeSWITCH."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -90,7 +91,60 @@ def test_given_outbound_route_and_store_number_when_make_call_then_customer_via_
     assert wait_for(lambda: originates(fs), timeout=5)
     assert originates(fs)[0].endswith(
         "}user/200@pbx.test &bridge({origination_caller_id_number=+74998888888,"
-        "origination_caller_id_name=+74998888888}sofia/gateway/carrier/+79121234567)")
+        "origination_caller_id_name=+74998888888}sofia/gateway/carrier/79121234567)")
+
+
+# requests sends a space as "+", a raw URL as %20; retailCRM leaves a leading + unencoded.
+@pytest.mark.parametrize("phone", ["+7 (912) 123-45-67", "8 912 123 45 67", "8 (912) 123-45-67", "89121234567",
+                                   "9121234567", "+79121234567", "7-912-123-45-67"])
+def test_given_phone_in_any_spelling_when_make_call_then_only_canonical_digits_reach_originate(running, phone):
+    fs, crm, port, tmp_path = running
+    start(fs, crm, tmp_path, port)
+    answer = call(port, **dict(GOOD, phone=phone))
+    assert answer.status_code == 200, answer.text
+    assert wait_for(lambda: originates(fs), timeout=5)
+    command = originates(fs)[0]
+    assert "origination_caller_id_number=79121234567,origination_caller_id_name=79121234567," in command
+    assert ",crm_phone=79121234567," in command
+    assert command.endswith("}user/100@pbx.test 79121234567 XML default")
+    # The company number is the configured one; the customer's is nowhere in another spelling.
+    assert set(re.findall(r"\+?[0-9]{10,}", command)) == {"79121234567", "+74999999999"}
+
+
+@pytest.mark.parametrize("query", ["phone=+7%20(912)%20123-45-67", "phone=8%20912%20123%2045%2067",
+                                   "phone=+7+912+123+45+67", "phone=8+(912)+123-45-67"])
+def test_given_raw_crm_query_when_make_call_then_plus_and_spaces_understood(running, query):
+    fs, crm, port, tmp_path = running
+    start(fs, crm, tmp_path, port, outbound_route="sofia/gateway/carrier/+{number}")
+    url = "http://127.0.0.1:%d/make-call?clientId=client-1&code=100&%s" % (port, query)
+    answer = requests.get(url, timeout=5)
+    assert answer.status_code == 200, answer.text
+    assert wait_for(lambda: originates(fs), timeout=5)
+    assert originates(fs)[0].endswith("sofia/gateway/carrier/+79121234567)")
+
+
+@pytest.mark.parametrize("external,used", [("8 (499) 888-88-88", "+74998888888"), ("+7 499 888 88 88", "+74998888888"),
+                                           ("4998888888", "+74998888888"), ("74997777777", "+74999999999")])
+def test_given_external_phone_in_any_spelling_when_make_call_then_that_stores_number(running, external, used):
+    fs, crm, port, tmp_path = running
+    start(fs, crm, tmp_path, port)
+    answer = call(port, **dict(GOOD, externalPhone=external))
+    assert answer.status_code == 200, answer.text
+    assert wait_for(lambda: originates(fs), timeout=5)
+    assert "crm_external_phone=%s,effective_caller_id_number=%s," % (used, used) in originates(fs)[0]
+
+
+@pytest.mark.parametrize("name,value", [("phone", "100"), ("phone", "12345"), ("phone", "anonymous"),
+                                        ("phone", "sip:79121234567@x"), ("phone", "1234567"),
+                                        ("phone", "70000000000"), ("externalPhone", "shop1"),
+                                        ("externalPhone", "+7 499"), ("externalPhone", "7499${x}")])
+def test_given_parameter_that_is_no_phone_number_when_make_call_then_400_naming_it(running, name, value):
+    fs, crm, port, tmp_path = running
+    start(fs, crm, tmp_path, port)
+    answer = call(port, **dict(GOOD, **{name: value}))
+    assert answer.status_code == 400
+    assert answer.text.startswith("%s is not a phone number" % name), answer.text
+    assert originates(fs) == []
 
 
 def test_given_post_form_when_make_call_then_accepted(running):
