@@ -11,6 +11,7 @@ import logging
 import re
 from typing import Callable
 
+import gevent
 import gevent.lock
 
 from fs_crm.config import FreeswitchConfig
@@ -25,9 +26,12 @@ _COMMAND = re.compile(r"[\x20-\x7e]+")
 
 
 class FreeswitchCommands:
-    def __init__(self, config: FreeswitchConfig, on_connected: Callable[[], None] | None = None):
+    def __init__(self, config: FreeswitchConfig, on_connected: Callable[[], None] | None = None, *,
+                 spawn: Callable[[Callable[[], None]], object] = gevent.spawn):
         self.config = config
+        # Run (through `spawn`, never in the caller's command) each time this connection is made.
         self.on_connected = on_connected
+        self.spawn = spawn
         self._conn: EslConnection | None = None
         self._lock = gevent.lock.Semaphore()
         self.last_error: str | None = None
@@ -48,7 +52,7 @@ class FreeswitchCommands:
                 fresh = False
             conn = self._conn
         if fresh and self.on_connected is not None:
-            gevent.spawn(self.on_connected)
+            self.spawn(self.on_connected)
         return conn
 
     def _checked(self, command: str) -> str:

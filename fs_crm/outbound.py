@@ -5,6 +5,12 @@ The session is pre-authenticated: FreeSWITCH sends nothing and waits for `connec
 a command/reply carrying the channel's CHANNEL_DATA headers, URL-encoded and without a
 Content-Length. After that the connection speaks ordinary ESL: `myevents`, `linger`, and `sendmsg`
 with `call-command: execute`, which in async mode queues the application and answers +OK at once.
+Queued is not "in order, each after the last": FreeSWITCH runs the next queued message as soon
+as the running application looks at its queue (a bridge does, while the phone rings), so a
+`transfer` queued behind a `bridge` runs inside it and cancels the call to the phone. Only
+`event-lock: true` on the running application makes the queue wait until it completes
+(switch_core_session_dequeue_private_event refuses while CF_EVENT_LOCK is set); `execute`
+sends it on every application.
 
 Frames come from our own incremental parser (fs_crm.eslparse), as on the inbound side: every
 command has a deadline, sends are serialised, and a closed socket or FreeSWITCH's disconnect notice
@@ -174,8 +180,15 @@ class OutboundSession:
             raise SessionCommandError("%s: %s" % (text.split("\n", 1)[0].split(" ", 1)[0], reply))
         return reply
 
-    def execute(self, app: str, arg: str = "", timeout: float | None = None) -> str:
-        """Run a dialplan application on the call (queued at once in async mode)."""
+    def execute(self, app: str, arg: str = "", timeout: float | None = None, *, event_lock: bool = True) -> str:
+        """Queue a dialplan application on the call (acknowledged at once in async mode).
+
+        With `event_lock` (the default) the message carries `event-lock: true`: nothing queued
+        after this application runs before it has completed. Without it FreeSWITCH may run the
+        next queued application while this one is still going, inside it: a fallback `transfer`
+        behind a `bridge` then cancels the bridge about 20 ms after the phone's INVITE. Only an
+        application meant to cut the running one short should go without it.
+        """
         if not _APP_NAME.fullmatch(app):
             raise ValueError("refusing application name %r" % app)
         if "\n" in arg or "\r" in arg:
@@ -184,6 +197,9 @@ class OutboundSession:
         lines = ["sendmsg", "call-command: execute", "execute-app-name: %s" % app]
         if arg:
             lines.append("execute-app-arg: %s" % arg)
+        if event_lock:
+            # Header names as switch_ivr_parse_event() looks them up; it reads the value with switch_true().
+            lines.append("event-lock: true")
         return self.command("\n".join(lines), timeout)
 
     def myevents(self, timeout: float | None = None) -> str:

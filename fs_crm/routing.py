@@ -10,7 +10,8 @@ deadline (`[routing] manager_timeout`) and every failure means "fallback", never
 
 Nothing the caller controls reaches a FreeSWITCH application argument: the extension comes from the
 account's map, domain, context and fallback are whitelisted when the config loads, and the
-caller's number (checked against a strict pattern) is only used as an HTTP query parameter.
+caller's number (checked against a strict pattern, then written in the account's canonical form, so
+`89121234567` is asked about as `79121234567`) is only used as an HTTP query parameter.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class CallRouter:
         channel = session.connect()
         call = session.label
         # Ringback before anything slow: the caller must not hear silence while the CRM thinks.
+        # (Event-locked like every application here; ring_ready completes at once anyway.)
         session.execute("ring_ready")
         self._optional(session, "myevents", session.myevents)
         self._optional(session, "linger", lambda: session.linger(LINGER_SECONDS))
@@ -142,6 +144,8 @@ class CallRouter:
         if not PHONE.fullmatch(phone):
             # Anonymous, a SIP URI, or an injection attempt: nothing to ask the CRM about.
             return Decision(FALLBACK, "caller id is not a phone number")
+        # The CRM knows the customer by one spelling: "89121234567" is asked about as "79121234567".
+        asked = account.canonical_phone(phone)
         client = self.crm_clients.get(account.name)
         if client is None:
             logger.error("call %s account %s: no CRM client for the account", call, account.name)
@@ -152,7 +156,7 @@ class CallRouter:
         deadline = gevent.Timeout(limit)
         deadline.start()
         try:
-            manager = client.responsible_manager(phone, timeout=limit + CLIENT_DEADLINE_SLACK)
+            manager = client.responsible_manager(asked, timeout=limit + CLIENT_DEADLINE_SLACK)
         except gevent.Timeout as exc:
             if exc is not deadline:
                 raise
@@ -206,9 +210,16 @@ class CallRouter:
             extension = decision.extension
             if extension is None or not account.has_extension(extension):
                 raise ValueError("manager decision without a configured extension")
+            # Every application goes with `event-lock: true` (OutboundSession.execute), so each
+            # starts only once the previous one has completed. The bridge is the one that needs
+            # it: without the lock FreeSWITCH runs the queued transfer while the manager's phone
+            # rings and the phone gets CANCEL ~20 ms after its INVITE. With it the manager rings
+            # for the whole call_timeout. set/export/ring_ready complete at once and could do
+            # without; locking them too keeps "in order, each after the last" true for the whole
+            # queue, whatever is added to it later, and costs nothing.
             # hangup_after_bridge ends the call when the manager's talk is over, so the queued
-            # transfer below only runs when the bridge failed; continue_on_fail keeps a failed
-            # bridge (busy, no answer, not registered) from hanging up on the caller.
+            # transfer only runs when the bridge failed; continue_on_fail keeps a failed bridge
+            # (busy, no answer, rejected, not registered) from hanging up on the caller.
             session.execute("set", "hangup_after_bridge=true")
             session.execute("set", "continue_on_fail=true")
             session.execute("export", "%s=%s" % (ROUTED_TO_VARIABLE, extension))

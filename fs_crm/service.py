@@ -13,6 +13,7 @@ import gevent
 import gevent.event
 
 from fs_crm.callbacks import make_app as make_callbacks_app
+from fs_crm.calls import CallTracker, parse_live_channels
 from fs_crm.cards import CardSender
 from fs_crm.clicktocall import ClickToCall
 from fs_crm.commands import FreeswitchCommands
@@ -28,7 +29,6 @@ from fs_crm.payloads import CallEvent, CallRecord
 from fs_crm.recording_uploads import RecordingUploader
 from fs_crm.routing import CallRouter
 from fs_crm.statuses import UserStatuses
-from fs_crm.tracker import CallTracker, parse_live_channels
 from recordings.base import RecordingStore, content_type_of
 from recordings.local import LocalStore
 from recordings.playback import make_app as make_playback_app
@@ -80,9 +80,13 @@ class Service:
         self._finished_since: float | None = None
         accounts = {a.name: a for a in config.accounts}
         # Commands (click-to-call, registration checks, status pushes) never share the event connection.
-        self.commands = FreeswitchCommands(config.freeswitch)
+        self.commands = FreeswitchCommands(config.freeswitch,
+                                           spawn=lambda work: self._spawn("status-push-unsent", work))
         self.statuses = UserStatuses(self.outbox, accounts, self.commands)
-        self.commands.on_connected = self.statuses.push_all
+        # A FreeSWITCH restart is seen by the event listener, whose reconnect pushes every status
+        # (on_connected). A new command connection alone only sends what FreeSWITCH has not
+        # confirmed yet (a push that failed while it was down), so the two never push twice.
+        self.commands.on_connected = self.statuses.push_unsent
         self.click_to_call = ClickToCall(accounts, self.commands)
         self.router = CallRouter(config.accounts, self.clients, self.statuses, self.commands, config.routing)
         self.routing = OutboundServer(config.routing, self.router.handle) if config.routing.enabled else None
@@ -164,7 +168,11 @@ class Service:
             return None
 
     def on_connected(self, conn: EslConnection) -> None:
-        """After every (re)connect: learn which calls are still alive so none is lost or doubled."""
+        """After every (re)connect: push the users' statuses again, and learn which calls are still
+        alive so none is lost or doubled."""
+        # FreeSWITCH may have restarted and forgotten its hash/db flags and agent statuses. The push
+        # goes over the command connection in its own greenlet: the listener never waits on it.
+        self._spawn("status-push", self.statuses.push_all)
         live = self._live_channels(conn.api)
         if live is not None:
             self.tracker.reconcile(live, int(self.clock() * 1_000_000))
@@ -227,6 +235,8 @@ class Service:
         greenlet = gevent.spawn(func)
         greenlet.name = name
         greenlet.link_exception(self._crashed)
+        # Short-lived ones (status pushes after each reconnect) come and go: keep only the living.
+        self._greenlets = [g for g in self._greenlets if not g.dead]
         self._greenlets.append(greenlet)
 
     def _crashed(self, greenlet: gevent.Greenlet) -> None:

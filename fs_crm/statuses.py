@@ -7,6 +7,7 @@ import logging
 from typing import Mapping
 
 import gevent
+import gevent.lock
 
 from fs_crm.commands import FreeswitchCommands
 from fs_crm.config import AccountConfig
@@ -37,11 +38,24 @@ def push_command(account: AccountConfig, extension: str, status: str) -> str | N
 
 
 class UserStatuses:
+    """The statuses, and what FreeSWITCH has been told of them.
+
+    Pushes for one extension never overtake each other: each holds that extension's lock from
+    reading the status to FreeSWITCH's answer, and sends the status current at that moment, never
+    the one it was started for. So a change that arrives while `push_all` runs is not overwritten
+    by the older value push_all would otherwise have sent after it.
+    """
+
     def __init__(self, outbox: Outbox, accounts: Mapping[str, AccountConfig], commands: FreeswitchCommands):
         self.outbox = outbox
         self.accounts = accounts
         self.commands = commands
         self._statuses = outbox.user_statuses()
+        self._locks: dict[tuple[str, str], gevent.lock.Semaphore] = {}
+        # FreeSWITCH forgets hash/db flags and agent statuses when it restarts, so what it has been
+        # told only holds within one connection "round" (push_all starts a new one).
+        self._round = 0
+        self._pushed: dict[tuple[str, str], tuple[int, str]] = {}  # (round, status) FreeSWITCH confirmed
 
     def status_of(self, account: str, extension: str) -> str | None:
         return self._statuses.get((account, extension))
@@ -57,22 +71,41 @@ class UserStatuses:
         self.outbox.set_user_status(account, extension, user_id, status)
         self._statuses[(account, extension)] = status
         logger.info("account %s: extension %s (user %s) is now %s", account, extension, user_id, status)
-        gevent.spawn(self._push, account, extension, status)
+        gevent.spawn(self._push, account, extension, True)
 
-    def _push(self, account: str, extension: str, status: str) -> bool:
-        command = push_command(self.accounts[account], extension, status)
-        if command is None:
+    def _push(self, account: str, extension: str, always: bool = False) -> bool:
+        """Send the extension's current status; without `always`, only if FreeSWITCH has not
+        confirmed it since the last push_all."""
+        key = (account, extension)
+        with self._locks.setdefault(key, gevent.lock.Semaphore()):
+            status = self._statuses.get(key)
+            round_ = self._round
+            if status is None or (not always and self._pushed.get(key) == (round_, status)):
+                return True
+            command = push_command(self.accounts[account], extension, status)
+            if command is None:
+                return True
+            try:
+                self.commands.api(command, timeout=2.0)
+            except EslError as exc:
+                logger.warning("account %s: status of extension %s not pushed to FreeSWITCH yet (%s); it will be "
+                               "when the connection to FreeSWITCH is back", account, extension, exc)
+                return False
+            self._pushed[key] = (round_, status)
             return True
-        try:
-            self.commands.api(command, timeout=2.0)
-        except EslError as exc:
-            logger.warning("account %s: status of extension %s not pushed to FreeSWITCH yet (%s); it will be "
-                           "when the command connection is back", account, extension, exc)
-            return False
-        return True
 
     def push_all(self) -> None:
-        """After (re)connecting: FreeSWITCH may have restarted and forgotten hash flags or agents."""
-        for (account, extension), status in list(self._statuses.items()):
+        """After FreeSWITCH (re)connected: it may have restarted and forgotten every flag or agent
+        status, so each extension's latest status is sent again."""
+        self._round += 1
+        self._push_each()
+
+    def push_unsent(self) -> None:
+        """After the command connection was made again: what FreeSWITCH has not confirmed since the
+        last push_all (a push that failed, a change meanwhile); the rest it already has."""
+        self._push_each()
+
+    def _push_each(self) -> None:
+        for account, extension in list(self._statuses):
             if account in self.accounts and self.accounts[account].has_extension(extension):
-                self._push(account, extension, status)
+                self._push(account, extension)

@@ -597,17 +597,109 @@ def test_given_socket_app_when_call_handed_over_then_connect_reply_commands_and_
     assert call.commands == ["connect", "myevents", "linger", "sendmsg"]
     assert call.executed == [("bridge", "user/100@pbx.test")]
     frames = socket_app.frames
-    assert frames[0].raw == frame_event(events[0])
-    assert frames[1].raw == (b"Content-Type: text/disconnect-notice\n"
+    started = PlainEvent.parse(frames[0].body)  # the fake's own event: the bridge started
+    assert (started.name, started.get("Unique-ID"), started.get("Application"), started.get("Application-Data")) == (
+        "CHANNEL_EXECUTE", call.uuid, "bridge", "user/100@pbx.test")
+    assert frames[1].raw == frame_event(events[0])
+    assert frames[2].raw == (b"Content-Type: text/disconnect-notice\n"
                              b"Controlled-Session-UUID: fcb02919-a34c-4ee3-a4af-eaea63065aec\n"
                              b"Content-Disposition: linger\n"
                              b"Channel-Name: sofia/external/79121234567@127.0.0.1:5090\n"
                              b"Linger-Time: -1\nContent-Length: 0\n\n")
-    assert [f.body for f in frames[2:4]] == events[-2:]
-    assert frames[4].headers == {"Content-Type": "text/disconnect-notice",
+    assert [f.body for f in frames[3:5]] == events[-2:]
+    assert frames[5].headers == {"Content-Type": "text/disconnect-notice",
                                  "Controlled-Session-UUID": call.uuid,
                                  "Content-Disposition": "disconnect", "Content-Length": "67"}
-    assert len(frames) == 5
+    assert len(frames) == 6
+    assert [(a.name, a.ended) for a in call.finished] == [("bridge", "hangup")]
+
+
+def execute(app, arg, lock):
+    return ("sendmsg\ncall-command: execute\nexecute-app-name: %s\nexecute-app-arg: %s%s"
+            % (app, arg, "\nevent-lock: true" if lock else ""))
+
+
+@pytest.mark.parametrize("lock", [False, True])
+def test_given_bridge_running_when_transfer_queued_then_it_cuts_the_bridge_short_unless_event_locked(fake, lock):
+    replies = []
+    events = []
+
+    def app(sock, _address):
+        conn = RawClient.__new__(RawClient)
+        conn.sock, conn.buffer, conn.reads = sock, b"", 0
+        try:
+            for command in ("connect", "myevents", execute("bridge", "user/100@pbx.test", lock),
+                            execute("transfer", "sales XML default", lock)):
+                conn.send(command + "\n\n")
+                while True:  # events may come before the reply
+                    frame = conn.frame()
+                    if frame.headers.get("Content-Type") == "text/event-plain":
+                        events.append(PlainEvent.parse(frame.body))
+                    else:
+                        replies.append(frame)
+                        break
+            while True:
+                events.append(PlainEvent.parse(conn.frame().body))
+        except (EOFError, OSError):
+            pass
+
+    server = gevent.server.StreamServer(("127.0.0.1", 0), app)
+    server.start()
+    try:
+        call = fake.outbound_connect("127.0.0.1", server.server_port,
+                                     load_connect_reply(capture_path("in_socket_route.outbound_socket.txt")))
+        assert call.wait_for(lambda: len(replies) == 4)
+        assert [r.headers["Reply-Text"] for r in replies[2:]] == ["+OK", "+OK"]  # both queued at once
+        if lock:
+            # The transfer waits for the bridge; the bridge ends when the phone does not answer.
+            assert (call.running.name, [a.name for a in call.queued], call.finished) == ("bridge", ["transfer"], [])
+            call.finish_app(originate_disposition="NO_ANSWER")
+        # Without the lock the transfer ran at once and the bridge ended as if cancelled.
+        expected = [("bridge", "done" if lock else "interrupted"), ("transfer", "done")]
+        assert [(a.name, a.ended) for a in call.finished] == expected
+        assert call.running is None and call.queued == []
+        assert call.wait_for(lambda: len(events) == 4)
+        assert [(e.name, e.get("Application")) for e in events] == [
+            ("CHANNEL_EXECUTE", "bridge"), ("CHANNEL_EXECUTE_COMPLETE", "bridge"),
+            ("CHANNEL_EXECUTE", "transfer"), ("CHANNEL_EXECUTE_COMPLETE", "transfer")]
+        assert events[1].get("variable_originate_disposition") == ("NO_ANSWER" if lock else "ORIGINATOR_CANCEL")
+        assert events[0].get("Application-UUID") == events[1].get("Application-UUID")
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("hangup_after_bridge,disposition,transfer_runs", [
+    ("true", "SUCCESS", False),      # the manager took the call: it ends with their talk
+    ("false", "SUCCESS", True),
+    ("true", "USER_BUSY", True),     # continue_on_fail: the next application takes the call
+])
+def test_given_locked_bridge_then_transfer_when_bridge_ends_then_variables_decide_whether_transfer_runs(
+        fake, hangup_after_bridge, disposition, transfer_runs):
+    replies = []
+
+    def app(sock, _address):
+        conn = RawClient.__new__(RawClient)
+        conn.sock, conn.buffer, conn.reads = sock, b"", 0
+        for command in ("connect", execute("set", "hangup_after_bridge=" + hangup_after_bridge, True),
+                        execute("set", "continue_on_fail=true", True),
+                        execute("bridge", "user/100@pbx.test", True), execute("transfer", "sales XML default", True),
+                        "getvar hangup_after_bridge"):
+            replies.append(conn.command(command))
+
+    server = gevent.server.StreamServer(("127.0.0.1", 0), app)
+    server.start()
+    try:
+        call = fake.outbound_connect("127.0.0.1", server.server_port,
+                                     load_connect_reply(capture_path("in_socket_route.outbound_socket.txt")))
+        assert call.wait_for(lambda: len(replies) == 6)
+        assert replies[5].headers["Reply-Text"] == hangup_after_bridge
+
+        call.finish_app(originate_disposition=disposition)
+
+        assert ("transfer" in [a.name for a in call.finished]) is transfer_runs
+        assert call.channel_down is not transfer_runs
+    finally:
+        server.stop()
 
 
 def test_given_session_without_myevents_when_event_sent_then_not_delivered(fake):

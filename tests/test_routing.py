@@ -124,6 +124,42 @@ def test_given_free_registered_manager_when_call_then_ringback_first_then_bridge
     assert routing.router.decision_times[-1] < DEADLINE
 
 
+def test_given_manager_rung_when_fallback_queued_then_bridge_not_cut_short_and_fallback_runs_after_no_answer(routing):
+    routing.crm.managers[CUSTOMER] = IVAN
+    call = routing.call()
+    assert routing.decided()
+    assert call.executed == [RING, *TO_IVAN, TO_FALLBACK]
+
+    # FreeSWITCH runs a queued application at once unless the running one is event-locked: the
+    # manager's phone must keep ringing, with the transfer waiting behind the bridge.
+    assert call.running is not None and (call.running.name, call.running.arg) == TO_IVAN[-1]
+    assert [(a.name, a.arg) for a in call.queued] == [TO_FALLBACK]
+    assert [a.ended for a in call.finished] == ["done"] * 4  # ring_ready, set, set, export
+    assert call.messages[-2] == [("call-command", "execute"), ("execute-app-name", "bridge"),
+                                 ("execute-app-arg", "user/100@pbx.test"), ("event-lock", "true")]
+    assert call.messages[0] == [("call-command", "execute"), ("execute-app-name", "ring_ready"),
+                                ("event-lock", "true")]
+    assert all(("event-lock", "true") in headers for headers in call.messages)
+
+    call.finish_app(originate_disposition="NO_ANSWER")  # call_timeout passed
+
+    assert [(a.name, a.arg, a.ended) for a in call.finished] == [(*app, "done") for app in [RING, *TO_IVAN, TO_FALLBACK]]
+    assert not call.channel_down
+
+
+def test_given_manager_answers_when_talk_is_over_then_fallback_never_runs(routing):
+    routing.crm.managers[CUSTOMER] = IVAN
+    call = routing.call()
+    assert routing.decided()
+
+    call.finish_app(originate_disposition="SUCCESS")
+
+    assert call.channel_down  # hangup_after_bridge
+    assert [(a.name, a.arg) for a in call.finished] == [RING, *TO_IVAN]
+    call.hangup()
+    assert wait_for(lambda: routing.server.active_sessions == 0, timeout=5)
+
+
 def test_given_routed_call_when_caller_hangs_up_then_session_held_until_freeswitch_closes(routing):
     routing.crm.managers[CUSTOMER] = IVAN
     call = routing.call()
@@ -207,6 +243,30 @@ def test_given_manager_extension_not_in_account_map_when_call_then_fallback(rout
 
     assert routing.decided()
     assert call.executed == [RING, TO_FALLBACK]
+
+
+@pytest.mark.parametrize("caller", ["89121234567", "+79121234567", "9121234567", "79121234567"])
+def test_given_caller_id_in_national_spelling_when_call_then_crm_asked_in_canonical_form(routing, caller):
+    routing.crm.managers[CUSTOMER] = IVAN  # the fake CRM knows the customer only as 79121234567
+
+    call = routing.call(channel_data(caller=caller))
+
+    assert routing.decided()
+    assert [r.query["phone"] for r in routing.manager_requests()] == [CUSTOMER]
+    assert call.executed == [RING, *TO_IVAN, TO_FALLBACK]
+
+
+@pytest.mark.parametrize("country,caller,asked", [("DE", "015112345678", "4915112345678"),
+                                                  ("DE", "79121234567", "79121234567"),
+                                                  ("RU", "100", "100"), ("RU", "1234567", "1234567")])
+def test_given_account_country_when_call_then_crm_asked_for_that_countrys_reading(make_routing, country, caller,
+                                                                                   asked):
+    routing = make_routing(country=country)
+
+    routing.call(channel_data(caller=caller))
+
+    assert routing.decided()
+    assert [r.query["phone"] for r in routing.manager_requests()] == [asked]
 
 
 @pytest.mark.parametrize("caller", ["anonymous", "${system(touch /tmp/x)}", "+7 912 123", "12", ""])

@@ -59,6 +59,7 @@ __all__ = [
     "FakeFreeswitch",
     "OutboundCall",
     "PlainEvent",
+    "SessionApp",
     "capture_path",
     "frame_event",
     "load_capture",
@@ -80,6 +81,15 @@ RUDE_MESSAGE = b"Access Denied, go away.\n"
 FIRST_COMMAND_TIMEOUT = 25.0
 # read_packet() stops collecting a command's header block at 10 MiB.
 MAX_COMMAND_BYTES = 10485760
+
+# Applications that keep the channel until something ends them: the test (OutboundCall.finish_app),
+# a hangup, or a sendmsg sent without event-lock. Every other application completes as it starts.
+LONG_APPS = frozenset({"bridge", "playback", "endless_playback", "sleep", "park", "echo", "conference", "fifo",
+                       "callcenter", "voicemail", "read", "play_and_get_digits", "record", "gentones", "ivr"})
+# How an application on an outbound session ended (SessionApp.ended).
+APP_DONE = "done"
+APP_INTERRUPTED = "interrupted"
+APP_HANGUP = "hangup"
 
 EVENT_XML = "text/event-xml"  # FreeSWITCH sends it; fs-crm never subscribes to it, so vocab.py has no name for it
 _CONTENT_TYPE_BY_FORMAT = {"plain": EVENT_PLAIN, "json": EVENT_JSON, "xml": EVENT_XML}
@@ -893,6 +903,16 @@ def _event_type(word: str) -> str | None:
     return None
 
 
+def _switch_true(value: str | None) -> bool:
+    """switch_true(): yes/on/true/t/enabled/active/allow, or a non-zero number."""
+    if not value:
+        return False
+    text = value.strip().lower()
+    if text in ("yes", "on", "true", "t", "enabled", "active", "allow"):
+        return True
+    return text.lstrip("-").isdigit() and int(text) != 0
+
+
 def _regex_match(value: str, expression: str) -> bool:
     # switch_regex_perform() with "/pattern/flags": i = caseless, s = dotall; no closing slash = no match.
     pattern, slash, options = expression[1:].rpartition("/")
@@ -935,11 +955,40 @@ class _InboundConnection(_Listener):
         raise AssertionError("connect without a session")
 
 
+@dataclass
+class SessionApp:
+    """One application an app queued on its call with `sendmsg` / `call-command: execute`."""
+
+    name: str
+    arg: str
+    event_lock: bool
+    uuid: str
+    ended: str = ""    # "" while queued or running; then APP_DONE, APP_INTERRUPTED or APP_HANGUP
+
+
 class OutboundCall(_Listener):
     """One call handed to an app by the dialplan `socket` application (FreeSWITCH connects out).
 
     The session is pre-authenticated: no auth/request; FreeSWITCH waits up to 25 s for the app's
     first command and never sends the reply to it, except that `connect` writes its CHANNEL_DATA.
+
+    Applications run as FreeSWITCH runs them in async mode (switch_ivr_parse_event and
+    switch_core_session_dequeue_private_event): each sendmsg execute is queued to the channel and
+    acknowledged at once. An application starts when nothing runs; while one runs, the next queued
+    message waits only if the running one was sent with `event-lock: true`; otherwise it runs at
+    once and a long application (LONG_APPS: a bridge ringing a phone) is cut short, as the real
+    bridge is when a queued transfer runs inside it (the phone gets CANCEL). A long application
+    runs until the test ends it with `finish_app()`. CHANNEL_EXECUTE and CHANNEL_EXECUTE_COMPLETE
+    go to the app when it subscribed (myevents). `set` and `export` change the channel variables
+    (`getvar`, events); after a bridge, `hangup_after_bridge` and `continue_on_fail` decide whether
+    the call goes on to the next application or hangs up.
+
+    Simplified: FreeSWITCH runs an unlocked message *inside* the running application, and only
+    applications that change the channel (transfer, hangup...) end a bridge; the fake ends the
+    running long application first, whatever comes next, and reports the bridge as
+    ORIGINATOR_CANCEL. A call that hangs up emits no events of its own (`hangup(events)` sends
+    what the test gives). Static (not async) sessions run applications the same way, where
+    FreeSWITCH would answer sendmsg only after the application.
     """
 
     def __init__(self, fake: FakeFreeswitch, sock: socket.socket, number: int, channel_data: bytes,
@@ -957,8 +1006,20 @@ class OutboundCall(_Listener):
         self.full = full
         self.connected = False
         self.commands: list[str] = []
-        self.executed: list[tuple[str, str]] = []        # (app, arg) of every `sendmsg` execute
+        self.executed: list[tuple[str, str]] = []        # (app, arg) of every `sendmsg` execute, as received
         self.messages: list[list[tuple[str, str]]] = []  # headers of every sendmsg to this session
+        self.queued: list[SessionApp] = []       # received, waiting for the running one to complete
+        self.running: SessionApp | None = None   # the long application in progress (a bridge ringing)
+        self.finished: list[SessionApp] = []     # applications that ran, in the order they ended
+        self.channel_down = False                # the call hung up: nothing queued runs any more
+        self.answer_state = channel.get("Answer-State") or "early"
+        # The channel's headers for the events the fake makes (CHANNEL_DATA's, without the standard
+        # headers make_event() adds and without the variables, which are taken as they are now).
+        self._channel_headers = [(name, value) for name, value in channel.headers
+                                 if not name.startswith(("Event-", "FreeSWITCH-", "variable_"))
+                                 and name not in ("Core-UUID", "Answer-State")]
+        if channel.get(H_UNIQUE_ID) is None:
+            self._channel_headers.append((H_UNIQUE_ID, session_uuid))
 
     def serve(self) -> None:
         try:
@@ -1008,9 +1069,96 @@ class OutboundCall(_Listener):
             argument = command.header("execute-app-arg")
             if argument is None:
                 argument = command.body.decode("utf-8", "replace")  # long args come as a text/plain body
-            self.executed.append((command.header("execute-app-name") or "", argument))
+            name = command.header("execute-app-name") or ""
+            self.executed.append((name, argument))
+            if not self.channel_down:
+                self.queued.append(SessionApp(name, argument, _switch_true(command.header("event-lock")),
+                                              command.header("event-uuid") or str(uuid.uuid4())))
+                self._run_apps()
+
+    # -- applications --
+
+    def _run_apps(self) -> None:
+        """Start queued applications while the channel lets the queue be read."""
+        while self.queued and not self.channel_down:
+            if self.running is not None:
+                if self.running.event_lock:
+                    return  # CF_EVENT_LOCK: the queue waits for the running application
+                interrupted = self.running
+                # As when a transfer runs inside the bridge: the caller's leg leaves, the phone gets CANCEL.
+                variables = {"originate_disposition": "ORIGINATOR_CANCEL"} if interrupted.name == "bridge" else {}
+                self._end_app(interrupted, APP_INTERRUPTED, variables)
+            self._start_app(self.queued.pop(0))
+
+    def _start_app(self, app: SessionApp) -> None:
+        self.send_event(self._app_event("CHANNEL_EXECUTE", app))
+        if app.name in ("set", "export"):
+            name, _, value = app.arg.partition("=")
+            if name and value:
+                self.variables[name] = value
+            elif name:
+                self.variables.pop(name, None)
+        if app.name in LONG_APPS:
+            self.running = app
+        else:
+            self._end_app(app, APP_DONE)
+
+    def _end_app(self, app: SessionApp, ended: str, variables: dict[str, str] | None = None) -> None:
+        self.variables.update(variables or {})
+        app.ended = ended
+        if self.running is app:
+            self.running = None
+        self.finished.append(app)
+        self.send_event(self._app_event("CHANNEL_EXECUTE_COMPLETE", app, response="_none_"))
+
+    def _app_event(self, name: str, app: SessionApp, response: str | None = None) -> bytes:
+        headers = [*self._channel_headers, ("Answer-State", self.answer_state)]
+        headers += [("variable_" + key, value) for key, value in self.variables.items()]
+        headers += [("Application", app.name), ("Application-Data", app.arg)]
+        if response is not None:
+            headers.append(("Application-Response", response))
+        headers.append(("Application-UUID", app.uuid))
+        return self.fake.make_event(name, headers, calling=(
+            "switch_core_session.c", "switch_core_session_exec", 2972 if response is not None else 2949))
 
     # -- what the test drives --
+
+    def finish_app(self, **variables: str) -> SessionApp:
+        """The running long application completes (a bridge: give `originate_disposition`, SUCCESS
+        when the phone answered and the talk is over, else the cause such as NO_ANSWER or
+        USER_BUSY). The queue then goes on, unless the call hangs up after the bridge."""
+        app = self.running
+        if app is None:
+            raise AssertionError("no application is running on call %s" % self.uuid)
+        answered = app.name == "bridge" and variables.get("originate_disposition") == "SUCCESS"
+        if answered:
+            self.answer_state = "answered"
+        if app.name == "bridge" and (
+                self._hangs_up_after_bridge() if answered else not self._continues_on_fail(variables)):
+            self.answer_state = "hangup"
+            self._end_app(app, APP_DONE, variables)
+            self._channel_gone()
+        else:
+            self._end_app(app, APP_DONE, variables)
+            self._run_apps()
+        return app
+
+    def _hangs_up_after_bridge(self) -> bool:
+        return _switch_true(self.variables.get("hangup_after_bridge"))
+
+    def _continues_on_fail(self, variables: dict[str, str]) -> bool:
+        # continue_on_fail is true/false or a list of the causes to continue on (mod_dptools bridge).
+        value = self.variables.get("continue_on_fail") or ""
+        cause = variables.get("originate_disposition") or ""
+        return _switch_true(value) or (bool(cause) and cause in value.split(","))
+
+    def _channel_gone(self) -> None:
+        self.channel_down = True
+        if self.running is not None:
+            self.running.ended = APP_HANGUP
+            self.finished.append(self.running)
+            self.running = None
+        self.queued.clear()
 
     def send_event(self, body: bytes) -> bool:
         """Deliver one plain event body to the app if its subscription (myevents/event) wants it."""
@@ -1022,8 +1170,10 @@ class OutboundCall(_Listener):
         Without `linger` FreeSWITCH closes at once (goodbye notice with Controlled-Session-UUID). With
         `linger` it first sends the linger notice and keeps delivering the remaining `events`
         (HANGUP_COMPLETE, DESTROY...); the fake then ends the linger right after them (when `close`)
-        instead of waiting out the linger timer.
+        instead of waiting out the linger timer. The running application ends and nothing queued runs.
         """
+        self.answer_state = "hangup"
+        self._channel_gone()
         if self.lingering:
             notice = ("Content-Type: %s\nControlled-Session-UUID: %s\nContent-Disposition: linger\n"
                       "Channel-Name: %s\nLinger-Time: %d\nContent-Length: 0\n\n"
@@ -1062,11 +1212,11 @@ class FakeFreeswitch:
     sendevent); there is no log stream; `show channels` rows are built from the played events.
     """
 
-    def __init__(self, password: str = "ClueCon", rude_reject: bool = False):
+    def __init__(self, password: str = "ClueCon", rude_reject: bool = False, port: int = 0):
         self.password = password
         self.rude_reject = rude_reject
         self.host = "127.0.0.1"
-        self.port = 0
+        self.port = port  # 0: the OS chooses; a stopped fake's port: the same switch started again
         self.reply_delay = 0.0
         self.mute_replies = False
         self.bgapi_handler: Callable[[str], str] | None = None
@@ -1096,7 +1246,7 @@ class FakeFreeswitch:
     # -- lifecycle --
 
     def start(self) -> FakeFreeswitch:
-        self._server = gevent.server.StreamServer((self.host, 0), self._handle)
+        self._server = gevent.server.StreamServer((self.host, self.port), self._handle)
         self._server.start()
         self.port = self._server.server_port
         self._started_at = time.time()
