@@ -217,7 +217,7 @@ class EslListener:
 
     def __init__(self, config: FreeswitchConfig, on_event: Callable[[Event], None],
                  on_connected: Callable[[EslConnection], None], *, rng: Callable[[], float] = random.random,
-                 on_read_done: Callable[[], None] | None = None):
+                 on_read_done: Callable[[], None] | None = None, clock: Callable[[], float] = time.time):
         self.config = config
         self.on_event = on_event
         self.on_read_done = on_read_done
@@ -227,6 +227,9 @@ class EslListener:
         self.connects = 0  # successful connections
         self.attempts = 0  # connection attempts, successful or not
         self.last_error: str | None = None
+        self.clock = clock
+        # When the last connection broke (clock time): calls it carried were alive until then.
+        self.lost_at: float | None = None
         self._stopping = gevent.event.Event()
 
     @property
@@ -249,6 +252,7 @@ class EslListener:
                 self.on_connected(conn)
                 self.last_error = None
                 conn.closed.wait()
+                self.lost_at = self.clock()
                 self.last_error = conn.close_reason
                 if not self._stopping.is_set():
                     logger.warning("lost FreeSWITCH at %s: %s", address, conn.close_reason)

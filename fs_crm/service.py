@@ -75,7 +75,7 @@ class Service:
             logger.info("resumed %d call(s) that were in progress when fs-crm last stopped", count)
         self._saved_changes = self.tracker.changes
         self.listener = EslListener(config.freeswitch, self.on_event, self.on_connected,
-                                    on_read_done=self.on_read_done)
+                                    on_read_done=self.on_read_done, clock=clock)
         self._finished: list[CallRecord] = []
         self._finished_since: float | None = None
         accounts = {a.name: a for a in config.accounts}
@@ -175,7 +175,9 @@ class Service:
         self._spawn("status-push", self.statuses.push_all)
         live = self._live_channels(conn.api)
         if live is not None:
-            self.tracker.reconcile(live, int(self.clock() * 1_000_000))
+            lost_at = self.listener.lost_at
+            self.tracker.reconcile(live, int(self.clock() * 1_000_000),
+                                   alive_until_us=int(lost_at * 1_000_000) if lost_at else 0)
             logger.info("reconciled with FreeSWITCH: %d live channels, %d calls tracked", len(live),
                         self.tracker.active_calls())
 

@@ -25,7 +25,7 @@ SOFIA_EXPIRE = "sofia::expire"
 # jobs, registrations) add their events here.
 TRACKED_EVENTS = (
     CHANNEL_CREATE, CHANNEL_PROGRESS, CHANNEL_PROGRESS_MEDIA, CHANNEL_ANSWER, CHANNEL_BRIDGE,
-    CHANNEL_HANGUP, CHANNEL_HANGUP_COMPLETE, CHANNEL_DESTROY, RECORD_STOP,
+    CHANNEL_UNBRIDGE, CHANNEL_HANGUP, CHANNEL_HANGUP_COMPLETE, CHANNEL_DESTROY, RECORD_STOP,
 )
 SUBSCRIBED_EVENTS = TRACKED_EVENTS
 SUBSCRIBED_CUSTOM: tuple[str, ...] = ()
@@ -88,6 +88,11 @@ V_CRM_EXTERNAL_PHONE = "variable_crm_external_phone"
 # Set by the recording dialplan snippet (conf/freeswitch/) before record_session: the file, should
 # its RECORD_STOP be missed (fs-crm restarting, a dropped socket).
 V_CRM_RECORDING = "variable_crm_recording_path"
+# Set by a dialplan on a leg that reaches a manager outside the directory (his mobile, through the
+# carrier), e.g. bridge [crm_extension=100]sofia/gateway/carrier/79990000100: that leg is his phone.
+V_CRM_EXTENSION = "variable_crm_extension"
+# mod_callcenter's agent legs: the caller's leg (the queue member).
+V_CC_MEMBER_SESSION = "variable_cc_member_session_uuid"
 # RECORD_STOP completion causes after which FreeSWITCH deleted (or never wrote) the file.
 RECORD_DISCARD_CAUSES = frozenset({"empty-file", "input-too-short", "uri-failure"})
 

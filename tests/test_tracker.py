@@ -1,7 +1,6 @@
 """Call tracking and mapping, driven by the real FreeSWITCH 1.11 streams in tests/fixtures/pbx."""
 
 import json
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -10,9 +9,8 @@ from fs_crm.calls import CallTracker, LiveChannel
 from fs_crm.config import parse_config
 from fs_crm.eslparse import iter_frames, parse_event, parse_event_plain
 from fs_crm.payloads import CallEvent, CallRecord
+from fs_crm.sim.calls import captured
 from fs_crm.sim.fake_freeswitch import capture_path, load_capture, renumber_call
-
-FIXTURES = Path(__file__).parent / "fixtures" / "pbx"
 
 SHOP = {
     "name": "shop", "crm_url": "https://shop.retailcrm.ru", "api_key": "k1", "client_id": "c1",
@@ -31,8 +29,7 @@ def accounts(*tables):
 
 
 def events_of(scenario):
-    data = (FIXTURES / ("%s.esl.txt" % scenario)).read_bytes()
-    return [parse_event(f) for f in iter_frames(data) if f.content_type == "text/event-plain"]
+    return [parse_event_plain(body) for body in captured(scenario)]
 
 
 def play(events, tracker=None):
@@ -174,14 +171,30 @@ def test_given_disconnect_when_legs_vanished_then_reconcile_reports_call_once_wi
     assert tracker.expire_orphans(now_us + 1_000_000, 3_000_000) == []  # still inside the grace time
     expired = tracker.expire_orphans(now_us + 5_000_000, 3_000_000)
 
-    assert len(expired) == 1
-    record = expired[0].to_api()
+    # The manager's card still showing is closed, then the call goes to history.
+    closing = [e.to_api() for e in expired if isinstance(e, CallEvent)]
+    assert [(c["type"], c["codes"], c["hangupStatus"]) for c in closing] == [("hangup", ["200"], "answered")]
+    records = [e for e in expired if isinstance(e, CallRecord)]
+    assert len(records) == 1
+    record = records[0].to_api()
     assert record["externalId"] == events[0]["Unique-ID"]
     assert record["result"] == "answered" and record["code"] == "200"
     assert tracker.active_calls() == 0
     # Events that straggle in afterwards do not produce a second record.
     _, _, again = play(events[answered_at + 1:], tracker)
     assert len(again) <= 1 and all(r["externalId"] == record["externalId"] for r in again)
+
+
+def test_given_freeswitch_killed_mid_call_when_orphaned_then_talk_counts_until_the_connection_broke():
+    events = events_of("in_answered_ringgroup")
+    answered_at = next(i for i, e in enumerate(events) if e.name == "CHANNEL_BRIDGE")
+    tracker, _, _ = play(events[:answered_at + 1])
+    bridged_us = int(events[answered_at]["Event-Date-Timestamp"])
+
+    # The last event was the bridge; the connection carrying the events broke 7 s later.
+    tracker.reconcile([], bridged_us + 20_000_000, alive_until_us=bridged_us + 7_000_000)
+    [record] = [e for e in tracker.expire_orphans(bridged_us + 30_000_000, 3_000_000) if isinstance(e, CallRecord)]
+    assert (record.result, record.code, record.duration) == ("answered", "200", 7)
 
 
 def test_given_live_call_unknown_after_restart_when_reconciled_then_its_end_gives_one_record():
@@ -281,7 +294,7 @@ def test_given_periodic_sweep_when_call_silent_and_gone_then_finished_but_busy_c
     assert tracker.expire_orphans(last_us + 70_000_000, 3_000_000) == []
     # An hour of silence and FreeSWITCH no longer has it: it ended and its events were lost.
     tracker.reconcile([], last_us + 3_700_000_000, idle_us=3_600_000_000)
-    records = tracker.expire_orphans(last_us + 3_710_000_000, 3_000_000)
+    records = [e for e in tracker.expire_orphans(last_us + 3_710_000_000, 3_000_000) if isinstance(e, CallRecord)]
     assert [r.to_api()["externalId"] for r in records] == [events[0]["Unique-ID"]]
 
 
@@ -291,5 +304,6 @@ def test_given_orphaned_call_when_expired_then_it_ends_at_the_last_event_seen_no
     tracker, _, _ = play(events[:bridged])
     last_us = int(events[bridged - 1]["Event-Date-Timestamp"])
     tracker.reconcile([], last_us + 3_700_000_000, idle_us=3_600_000_000)
-    record = tracker.expire_orphans(last_us + 3_710_000_000, 3_000_000)[0].to_api()
+    [record] = [e.to_api() for e in tracker.expire_orphans(last_us + 3_710_000_000, 3_000_000)
+                if isinstance(e, CallRecord)]
     assert record["duration"] <= 5 and record["durationWaiting"] <= 5

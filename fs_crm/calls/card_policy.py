@@ -36,31 +36,63 @@ def cards(call: Call, leg: Leg, name: str, event: Event, account: AccountConfig)
     """The cards `event` (named `name`, about `leg`) produces; marks on the call and legs what was sent."""
     if not may_card(call, leg, name):
         return []
+    made = _card_maker(call, account, event_time_us(event))
+    if made is None:
+        return []
+    direction, card = made
+    if direction == vocab.EVENT_IN:
+        return _incoming_cards(call, leg, name, account, card)
+    return _outgoing_cards(call, leg, name, account, card)
+
+
+def closing_cards(call: Call, account: AccountConfig, at_us: int) -> list[CallEvent]:
+    """`hangup` cards for every card still open on a call that ended unseen (FreeSWITCH killed or
+    events lost): a manager's screen must not keep showing a call that is over."""
+    made = _card_maker(call, account, at_us)
+    if made is None:
+        return []
+    direction, card = made
+    out: list[CallEvent] = []
+    managers = manager_legs(call, account)
+    if direction == vocab.EVENT_IN:
+        for m in managers:
+            if m.carded and not m.card_closed:
+                m.card_closed = True
+                out.append(card(vocab.EVENT_HANGUP, [m.extension],
+                                vocab.HANGUP_ANSWERED if m.answered else vocab.HANGUP_NO_ANSWER))
+    elif call.out_card_sent and not call.out_hangup_sent and managers:
+        call.out_hangup_sent = True
+        answered = any(x.answered for x in call.of_role(ROLE_EXTERNAL))
+        out.append(card(vocab.EVENT_HANGUP, [managers[0].extension],
+                        vocab.HANGUP_ANSWERED if answered else vocab.HANGUP_NO_ANSWER))
+    return out
+
+
+def _card_maker(call: Call, account: AccountConfig, at_us: int):
+    """(direction, a function making this call's cards), or None when the call is not a CRM call yet."""
     direction = call_direction(call)
     if direction is None:
-        return []
+        return None
     customer = customer_leg(call, direction)
     if customer is None:
-        return []
-    at = event_time_us(event) / US
-    phone = customer_phone(call, direction, customer)
+        return None
+    phone = customer_phone(call, direction, customer, account)
     external_phone, site = company_number(call, customer, account)
 
     def card(kind: str, codes: list[str], status: str | None = None) -> CallEvent:
         return CallEvent(account=account.name, type=kind, phone=phone, codes=tuple(codes), call_id=call.id,
-                         created_at=at, external_phone=external_phone, site=site, hangup_status=status)
+                         created_at=at_us / US, external_phone=external_phone, site=site, hangup_status=status)
 
-    if direction == vocab.EVENT_IN:
-        return _incoming_cards(call, leg, name, account, card)
-    return _outgoing_cards(call, leg, name, account, card)
+    return direction, card
 
 
 def _incoming_cards(call, leg, name, account, card) -> list[CallEvent]:
     out: list[CallEvent] = []
     managers = manager_legs(call, account)
     if name in RINGING_EVENTS and leg.role == ROLE_EXTENSION:
-        # One card for every phone of a ring group: by the first ringing event all legs the
-        # bridge forked have been created, so they go out together.
+        # Every phone that starts ringing gets its `in` card at once. Phones of a ring group whose
+        # legs are already known go out together in one card; FreeSWITCH does not promise that all
+        # forked legs are created before the first one rings, so a late one gets a card of its own.
         fresh = [m for m in managers if not m.carded and not m.hung_up]
         if fresh:
             for m in fresh:

@@ -6,10 +6,9 @@ import datetime as dt
 import logging
 
 from fs_crm import vocab
-from fs_crm.calls.legs import ROLE_EXTENSION, ROLE_EXTERNAL, US, Call, Leg, unique
+from fs_crm.calls.legs import ROLE_EXTENSION, ROLE_EXTERNAL, US, Call, Leg, recording_of, talk_us, unique
 from fs_crm.config import AccountConfig
 from fs_crm.payloads import CallRecord
-from fs_crm.phones import clean_phone
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +41,14 @@ def customer_leg(call: Call, direction: str) -> Leg | None:
     return (answered or sorted(externals, key=lambda leg: leg.created_us))[0]
 
 
-def customer_phone(call: Call, direction: str, customer: Leg) -> str:
+def customer_phone(call: Call, direction: str, customer: Leg, account: AccountConfig) -> str:
+    """The customer's number in the one canonical form every CRM request uses."""
     for leg in call.legs.values():
         if leg.crm_phone:
-            return clean_phone(leg.crm_phone)
+            return account.canonical_phone(leg.crm_phone)
     if direction == vocab.EVENT_IN:
-        return clean_phone(customer.caller_number)
-    return clean_phone(customer.destination)
+        return account.canonical_phone(customer.caller_number)
+    return account.canonical_phone(customer.destination)
 
 
 def company_number(call: Call, customer: Leg, account: AccountConfig) -> tuple[str | None, str | None]:
@@ -59,7 +59,7 @@ def company_number(call: Call, customer: Leg, account: AccountConfig) -> tuple[s
         match = account.site_of(number)
         if match is not None:
             return match[1], match[0]
-    return (clean_phone(candidates[0]) if candidates else None), None
+    return (account.canonical_phone(candidates[0]) if candidates else None), None
 
 
 def manager_legs(call: Call, account: AccountConfig) -> list[Leg]:
@@ -78,7 +78,8 @@ def record_of(call: Call, direction: str, account: AccountConfig) -> CallRecord 
         answered_by = sorted((m for m in managers if m.answered), key=lambda m: m.answered_us)
         answered = bool(answered_by)
         if answered_by:
-            handler = answered_by[0]
+            # After a transfer the call belongs to the manager the customer talked to last.
+            handler = answered_by[-1]
         else:
             rang = unique(m.extension for m in managers)
             handler = next((m for m in managers), None) if len(rang) == 1 else None
@@ -95,11 +96,11 @@ def record_of(call: Call, direction: str, account: AccountConfig) -> CallRecord 
     root = call.root or customer
     external_phone, site = company_number(call, customer, account)
     code = handler.extension if handler else None
-    recordings = [leg.recording for leg in sorted(call.legs.values(), key=lambda x: x.uuid != call.id)
-                  if leg.recording]
+    recordings = [path for path in (recording_of(leg) for leg in sorted(call.legs.values(),
+                                                                       key=lambda x: x.uuid != call.id)) if path]
     return CallRecord(
         account=account.name, external_id=call.id, date=local_time(root.created_us, account),
-        type=direction, phone=customer_phone(call, direction, customer), result=result,
+        type=direction, phone=customer_phone(call, direction, customer, account), result=result,
         duration=talk, duration_waiting=waited, code=code,
         user_id=account.user_id_of(code) if code else None, external_phone=external_phone, site=site,
         recording_path=recordings[0] if recordings else None,
@@ -119,7 +120,8 @@ def durations(customer: Leg, answered: bool) -> tuple[int, int]:
     """(talk seconds, waiting seconds) seen from the customer's leg.
 
     FreeSWITCH's billsec counts from the leg's answer, which for a caller answered by an IVR or
-    a recorder is long before a manager speaks, so talk time counts from the bridge when there is one.
+    a recorder is long before a manager speaks, so talk time is the time the customer's leg spent
+    bridged (all its bridges: a transferred customer talks to several managers).
     """
     # Differences of the microsecond stamps, rounded, are closer to the truth than FreeSWITCH's own
     # billsec/duration, which subtract epoch seconds truncated separately (off by one either way).
@@ -130,7 +132,10 @@ def durations(customer: Leg, answered: bool) -> tuple[int, int]:
     if not answered:
         return 0, total
     start_us = customer.bridged_us or customer.answered_us
-    if start_us and customer.hangup_us:
+    if customer.bridges and customer.hangup_us:
+        # Every conversation counts, however many managers the customer was passed through.
+        talk = round(talk_us(customer, customer.hangup_us) / US)
+    elif start_us and customer.hangup_us:
         talk = round((customer.hangup_us - start_us) / US)
     else:
         talk = customer.billsec or 0

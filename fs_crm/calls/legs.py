@@ -29,6 +29,12 @@ ROLE_EXTERNAL = "external"  # the carrier side: the customer
 ROLE_OTHER = "other"  # loopback and other helper channels; never a party of the CRM call
 
 US = 1_000_000  # FreeSWITCH stamps times in microseconds since the epoch
+# Channels that are never a party of the call: loopback halves, the `pickup/<group>` leg a ring
+# group forks so a colleague can take the call, error/ legs of a failed dial string.
+HELPER_ENDPOINTS = ("loopback/", "pickup/", "error/")
+# Events of the customer's leg that carry its channel variables (so crm_recording_path once set).
+_MARK_EVENTS = frozenset({vocab.CHANNEL_ANSWER, vocab.CHANNEL_BRIDGE, vocab.CHANNEL_PROGRESS_MEDIA,
+                          vocab.CHANNEL_HANGUP, vocab.CHANNEL_HANGUP_COMPLETE})
 
 
 @dataclass
@@ -55,6 +61,12 @@ class Leg:
     company_candidates: tuple[str, ...] = ()
     recording: str | None = None
     discarded_recordings: tuple[str, ...] = ()
+    # The file fs-crm's recording snippet named (crm_recording_path), known before its RECORD_STOP:
+    # the recording of a call whose end we never saw (FreeSWITCH killed, events lost).
+    recording_mark: str | None = None
+    # [start, end] microseconds of each bridge of this leg (end 0 while bridged): talk time is their
+    # sum, so a customer passed from one manager to another keeps every conversation.
+    bridges: list[list[int]] = field(default_factory=list)
     hung_up: bool = False
     complete: bool = False  # CHANNEL_HANGUP_COMPLETE seen (or the leg was found gone)
     carded: bool = False  # an `in` card named this leg's extension
@@ -74,6 +86,8 @@ class Call:
     last_event_us: int = 0
     # Set by reconcile when legs vanished while we were not listening; finalised after a grace time.
     orphaned_at_us: int = 0
+    # The call was alive at least until then: when the ESL connection carrying its events broke.
+    alive_until_us: int = 0
 
     def of_role(self, role: str) -> list[Leg]:
         return [leg for leg in self.legs.values() if leg.role == role]
@@ -99,7 +113,9 @@ def leg_for(calls: dict[str, Call], leg_call: dict[str, str], uuid: str, event: 
         call = calls[call_id]
         return call, call.legs[uuid]
     call = None
-    candidates = [event.get(vocab.V_ORIGINATING_LEG)]
+    # mod_callcenter rings agents with originates of its own: those legs name the caller only in
+    # cc_member_session_uuid (until the bridge).
+    candidates = [event.get(vocab.V_ORIGINATING_LEG), event.get(vocab.V_CC_MEMBER_SESSION)]
     if event.get(vocab.H_OTHER_TYPE) == "originator":
         candidates.append(event.get(vocab.H_OTHER_LEG_UUID))
     candidates.append(event.get(vocab.H_CALL_UUID))
@@ -124,6 +140,42 @@ def leg_for(calls: dict[str, Call], leg_call: dict[str, str], uuid: str, event: 
     return call, leg
 
 
+def note_bridge(calls: dict[str, Call], leg_call: dict[str, str], call: Call, leg: Leg, event: Event,
+                name: str) -> Call:
+    """A CHANNEL_BRIDGE or CHANNEL_UNBRIDGE (fired on one side, naming the other): opens or closes the
+    talk span on both legs. A bridge to a leg of another call (a colleague picking the call up, an
+    attended transfer, a queue agent we could not link) makes them one call: the one whose customer
+    it is. Returns the call the leg belongs to afterwards."""
+    at = event_time_us(event)
+    other_uuid = event.get(vocab.H_BRIDGE_B) if event.get(vocab.H_BRIDGE_A) == leg.uuid else None
+    other_uuid = other_uuid or event.get(vocab.H_OTHER_LEG_UUID)
+    other_call_id = leg_call.get(other_uuid or "")
+    if name == vocab.CHANNEL_BRIDGE and other_call_id is not None and other_call_id != call.id:
+        call = _merge(calls, leg_call, call, calls[other_call_id])
+    legs = [leg] + ([call.legs[other_uuid]] if other_uuid in call.legs else [])
+    for bridged in legs:
+        (start_bridge if name == vocab.CHANNEL_BRIDGE else end_bridge)(bridged, at)
+    return call
+
+
+def _merge(calls: dict[str, Call], leg_call: dict[str, str], one: Call, other: Call) -> Call:
+    """Join two calls whose legs were bridged. The call with the customer keeps its id (the id its
+    cards went out with); two calls that both have a customer stay apart (two customers talking)."""
+    one_external = bool(one.of_role(ROLE_EXTERNAL))
+    other_external = bool(other.of_role(ROLE_EXTERNAL))
+    if one_external and other_external:
+        return one
+    keep, gone = (other, one) if other_external and not one_external else (one, other)
+    for uuid, moved in gone.legs.items():
+        moved.call_id = keep.id
+        keep.legs[uuid] = moved
+        leg_call[uuid] = keep.id
+    keep.last_event_us = max(keep.last_event_us, gone.last_event_us)
+    calls.pop(gone.id, None)
+    logger.info("call %s: joined with call %s, whose leg was bridged to it", keep.id, gone.id)
+    return keep
+
+
 # --- what an event tells about its leg ------------------------------------------------------------
 def update_leg(leg: Leg, event: Event, name: str) -> None:
     # Channel variables are read only where they matter (first sight of a leg, its end, a
@@ -141,9 +193,10 @@ def update_leg(leg: Leg, event: Event, name: str) -> None:
         for attr, var in (("crm_direction", vocab.V_CRM_DIRECTION), ("crm_phone", vocab.V_CRM_PHONE),
                           ("crm_external_phone", vocab.V_CRM_EXTERNAL_PHONE)):
             setattr(leg, attr, event.get(var))
-    if name == vocab.RECORD_STOP or (name == vocab.CHANNEL_HANGUP_COMPLETE and leg.uuid == leg.call_id
-                                     and leg.recording is None):
-        note_recording(leg, event, name)
+    if name == vocab.RECORD_STOP:
+        note_recording(leg, event)
+    elif leg.recording_mark is None and leg.role == ROLE_EXTERNAL and name in _MARK_EVENTS:
+        leg.recording_mark = event.get(vocab.V_CRM_RECORDING)
     created = event.int(vocab.H_CREATED_TIME)
     if created:
         leg.created_us = created
@@ -161,6 +214,7 @@ def update_leg(leg: Leg, event: Event, name: str) -> None:
         leg.hung_up = True
         leg.hangup_cause = event.get(vocab.H_HANGUP_CAUSE) or leg.hangup_cause
         leg.hangup_us = event.int(vocab.H_HANGUP_TIME) or leg.hangup_us or event_time_us(event)
+        end_bridge(leg, leg.hangup_us)
     if name == vocab.CHANNEL_HANGUP_COMPLETE or (name == vocab.CHANNEL_DESTROY and not leg.complete):
         leg.complete = True
         if leg.created_us and leg.hangup_us:
@@ -173,28 +227,61 @@ def update_leg(leg: Leg, event: Event, name: str) -> None:
             leg.duration = int(duration)
 
 
-def note_recording(leg: Leg, event: Event, name: str) -> None:
-    if name == vocab.RECORD_STOP:
-        path = event.get(vocab.H_RECORD_FILE_PATH)
-        if not path:
-            return
-        if (event.get(vocab.V_RECORD_DISCARDED) == "true"
-                or event.get(vocab.H_RECORD_COMPLETION_CAUSE) in vocab.RECORD_DISCARD_CAUSES):
-            # FreeSWITCH deleted the file (empty or too short): there is nothing to upload.
-            leg.discarded_recordings += (path,)
-            if leg.recording == path:
-                leg.recording = None
-        elif leg.recording is None:
-            leg.recording = path
+def note_recording(leg: Leg, event: Event) -> None:
+    """A RECORD_STOP: the call's recording when fs-crm's snippet asked for that file."""
+    path = event.get(vocab.H_RECORD_FILE_PATH)
+    if not path:
         return
-    path = event.get(vocab.V_CRM_RECORDING)
-    if path and leg.recording is None and path not in leg.discarded_recordings:
+    if path != event.get(vocab.V_CRM_RECORDING):
+        # A voicemail message, a recording another application made: fs-crm uploads and then
+        # deletes files, so it touches only those its own snippet named.
+        logger.debug("call %s: recording %s is not fs-crm's (crm_recording_path differs); left alone",
+                     leg.call_id, path)
+        return
+    leg.recording_mark = path
+    if (event.get(vocab.V_RECORD_DISCARDED) == "true"
+            or event.get(vocab.H_RECORD_COMPLETION_CAUSE) in vocab.RECORD_DISCARD_CAUSES):
+        # FreeSWITCH deleted the file (empty or too short): there is nothing to upload.
+        leg.discarded_recordings += (path,)
+        if leg.recording == path:
+            leg.recording = None
+    elif leg.recording is None:
         leg.recording = path
+
+
+def recording_of(leg: Leg) -> str | None:
+    """The file to upload for this leg: the one RECORD_STOP named, else (its end never seen) the
+    one the snippet announced, unless FreeSWITCH discarded it."""
+    if leg.recording:
+        return leg.recording
+    mark = leg.recording_mark
+    return mark if mark and mark not in leg.discarded_recordings else None
+
+
+def start_bridge(leg: Leg, at_us: int) -> None:
+    if not leg.bridges or leg.bridges[-1][1]:
+        leg.bridges.append([at_us, 0])
+
+
+def end_bridge(leg: Leg, at_us: int) -> None:
+    if leg.bridges and not leg.bridges[-1][1]:
+        leg.bridges[-1][1] = max(at_us, leg.bridges[-1][0])
+
+
+def talk_us(leg: Leg, until_us: int) -> int:
+    """Microseconds this leg spent bridged (an open bridge counts until `until_us`)."""
+    return sum((end or until_us) - start for start, end in leg.bridges if (end or until_us) > start)
 
 
 def classify(leg: Leg, event: Event) -> None:
     """A manager's phone (extension), the customer's side (external), or a helper channel (other)."""
-    if event.get(vocab.V_IS_LOOPBACK) or leg.channel_name.startswith("loopback/"):
+    if event.get(vocab.V_IS_LOOPBACK) or leg.channel_name.startswith(HELPER_ENDPOINTS):
+        return
+    marked = event.get(vocab.V_CRM_EXTENSION)
+    if marked:
+        # The dialplan says whose phone this is: a manager's mobile reached through the carrier.
+        leg.role, leg.extension = ROLE_EXTENSION, marked
+        leg.domain = event.get(vocab.V_DIALED_DOMAIN) or event.get(vocab.V_DOMAIN_NAME)
         return
     dialed = event.get(vocab.V_DIALED_USER)
     user = event.get(vocab.V_USER_NAME)

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 
-from fs_crm.calls.legs import ROLE_EXTENSION, ROLE_EXTERNAL, US, Call, Leg
+from fs_crm.calls.legs import ROLE_EXTENSION, ROLE_EXTERNAL, US, Call, Leg, end_bridge
 
 logger = logging.getLogger(__name__)
 
@@ -44,15 +44,18 @@ def parse_live_channels(rows: list[dict]) -> list[LiveChannel]:
 
 
 # --- after a reconnect ------------------------------------------------------------------------------
-def mark_orphans(calls: dict[str, Call], live: list[LiveChannel], now_us: int, idle_us: int | None) -> None:
+def mark_orphans(calls: dict[str, Call], live: list[LiveChannel], now_us: int, idle_us: int | None,
+                 alive_until_us: int = 0) -> None:
     """Mark orphaned the calls with a leg that is neither complete nor alive (with `idle_us`, only
-    calls silent for that long)."""
+    calls silent for that long). `alive_until_us`: when the connection that was carrying their
+    events broke; they were alive at least until then (FreeSWITCH killed mid-call)."""
     alive = {ch.uuid for ch in live}
     for call in list(calls.values()):
         if idle_us is not None and now_us - call.last_event_us < idle_us:
             continue
         if any(uuid not in alive and not leg.complete for uuid, leg in call.legs.items()):
             call.orphaned_at_us = call.orphaned_at_us or now_us
+            call.alive_until_us = max(call.alive_until_us, alive_until_us)
 
 
 def adopt_live(calls: dict[str, Call], leg_call: dict[str, str], live: list[LiveChannel]) -> None:
@@ -91,10 +94,13 @@ def expired_orphans(calls: dict[str, Call], now_us: int, grace_us: int) -> Itera
         for leg in call.legs.values():
             if not leg.complete:
                 leg.complete = leg.hung_up = True
-                # When it really ended is unknown: the last event seen is what we can vouch for.
-                leg.hangup_us = leg.hangup_us or call.last_event_us or call.orphaned_at_us
+                # When it really ended is unknown: the last moment we can vouch for is the last
+                # event seen, or the moment the connection carrying its events broke.
+                end_us = max(call.last_event_us, call.alive_until_us) or call.orphaned_at_us
+                leg.hangup_us = leg.hangup_us or end_us
+                end_bridge(leg, leg.hangup_us)
         logger.warning("call %s: its legs ended without us seeing the end (disconnected, or events lost); "
-                       "reporting it with the times known, ending at the last event seen", call.id)
+                       "reporting it with the times known, ending at the last moment it was seen alive", call.id)
         yield call
 
 

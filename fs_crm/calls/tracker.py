@@ -12,7 +12,15 @@ from collections import OrderedDict
 
 from fs_crm import vocab
 from fs_crm.calls import card_policy, history_mapping, reconcile
-from fs_crm.calls.legs import ROLE_EXTENSION, ROLE_EXTERNAL, Call, event_time_us, leg_for, update_leg
+from fs_crm.calls.legs import (
+    ROLE_EXTENSION,
+    ROLE_EXTERNAL,
+    Call,
+    event_time_us,
+    leg_for,
+    note_bridge,
+    update_leg,
+)
 from fs_crm.calls.reconcile import LiveChannel
 from fs_crm.config import AccountConfig
 from fs_crm.eslparse import Event
@@ -21,6 +29,7 @@ from fs_crm.payloads import CallEvent, CallRecord
 logger = logging.getLogger(__name__)
 
 _CHANNEL_EVENTS = frozenset(vocab.TRACKED_EVENTS)
+_BRIDGE_EVENTS = frozenset({vocab.CHANNEL_BRIDGE, vocab.CHANNEL_UNBRIDGE})
 FINISHED_LEGS_REMEMBERED = 50_000
 
 
@@ -53,6 +62,8 @@ class CallTracker:
         self.changes += 1
         call, leg = leg_for(self.calls, self._leg_call, uuid, event)
         update_leg(leg, event, name)
+        if name in _BRIDGE_EVENTS:
+            call = note_bridge(self.calls, self._leg_call, call, leg, event, name)
         call.last_event_us = max(call.last_event_us, event_time_us(event))
         effects: list[CallEvent | CallRecord] = []
         account = self._account_of(call)
@@ -107,7 +118,8 @@ class CallTracker:
         return history_mapping.record_of(call, direction, account)
 
     # --- after a reconnect ----------------------------------------------------------------------
-    def reconcile(self, live: list[LiveChannel], now_us: int, idle_us: int | None = None) -> None:
+    def reconcile(self, live: list[LiveChannel], now_us: int, idle_us: int | None = None,
+                  alive_until_us: int = 0) -> None:
         """Align tracked calls with what FreeSWITCH says is alive right now.
 
         Legs we track that are gone ended while we were not listening: they are marked orphaned
@@ -116,19 +128,24 @@ class CallTracker:
 
         With `idle_us` (a periodic sweep while connected, whose channel list may race the event
         stream) only calls silent for that long are considered, and nothing is adopted.
+        `alive_until_us`: when the previous connection broke (the calls lived at least that long).
         """
         self.changes += 1
-        reconcile.mark_orphans(self.calls, live, now_us, idle_us)
+        reconcile.mark_orphans(self.calls, live, now_us, idle_us, alive_until_us)
         if idle_us is not None:
             return
         reconcile.adopt_live(self.calls, self._leg_call, live)
 
-    def expire_orphans(self, now_us: int, grace_us: int) -> list[CallRecord]:
-        """Finish calls whose legs vanished during a disconnect, with what is known of them."""
-        records: list[CallRecord] = []
+    def expire_orphans(self, now_us: int, grace_us: int) -> list[CallEvent | CallRecord]:
+        """Finish calls whose legs vanished during a disconnect, with what is known of them: every
+        card still open is closed, then the call goes to history."""
+        effects: list[CallEvent | CallRecord] = []
         for call in reconcile.expired_orphans(self.calls, now_us, grace_us):
-            records.extend(self._finish(call, self._account_of(call)))
-        return records
+            account = self._account_of(call)
+            if account is not None:
+                effects.extend(card_policy.closing_cards(call, account, call.last_event_us or now_us))
+            effects.extend(self._finish(call, account))
+        return effects
 
     def active_calls(self) -> int:
         return len(self.calls)

@@ -7,7 +7,7 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-from fs_crm.sim.fake_freeswitch import capture_path, load_capture, renumber_call
+from fs_crm.sim.fake_freeswitch import capture_path, load_capture, renumber_call, with_recording_mark
 
 CAPTURES = Path(__file__).parent / "captures" / "pbx"
 RECORDING = CAPTURES / "in_answered_ringgroup.recording.wav"
@@ -21,7 +21,7 @@ _MISSING = object()
 @lru_cache(maxsize=None)
 def captured(scenario: str) -> tuple[bytes, ...]:
     """Event bodies of one recorded call, in wire order (read once)."""
-    return tuple(load_capture(capture_path(scenario)))
+    return tuple(with_recording_mark(body) for body in load_capture(capture_path(scenario)))
 
 
 def header(body: bytes, name: str, default=_MISSING) -> str:

@@ -307,6 +307,20 @@ def load_capture(path: str | Path) -> list[bytes]:
     return [body for headers, body in frames if dict(headers).get("Content-Type") == EVENT_PLAIN]
 
 
+def with_recording_mark(body: bytes) -> bytes:
+    """A RECORD_STOP as fs-crm's recording snippet makes it: its channel's crm_recording_path names
+    the file. The captures in captures/pbx/ were recorded with a dialplan of its own, before the
+    snippet existed; fs-crm ignores recordings without the mark (voicemail, other applications)."""
+    if b"Event-Name: RECORD_STOP\n" not in body or b"\nvariable_crm_recording_path: " in body:
+        return body
+    start = body.find(b"\nRecord-File-Path: ")
+    if start < 0:
+        return body
+    end = body.index(b"\n", start + 1)
+    value = body[start + len(b"\nRecord-File-Path: "):end]
+    return body[:end] + b"\nvariable_crm_recording_path: " + value + body[end:]
+
+
 def load_connect_reply(path: str | Path) -> bytes:
     """The CHANNEL_DATA header lines of a recorded outbound-socket `connect` reply (its first frame).
 

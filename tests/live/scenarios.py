@@ -1,0 +1,102 @@
+"""What a person expects the CRM to show for each PBX situation: the cards, then the history record.
+
+One table for both judges: the live tests (tests/live/) check it on what the fake CRM received from
+fs-crm running against a real FreeSWITCH, and tests/test_live_captures.py checks it on the pure
+tracker fed with the ESL stream that live run saved (fs_crm/sim/captures/live/<name>.esl.txt).
+Durations are checked within a second: SIPp's pauses are not exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CUSTOMER = "79121234567"
+# The CRM account of the test PBX (tests/live/pbx/): users 1-4 have extensions 100-400; calls fs-crm
+# cannot route go to `reception` (400).
+DOMAIN = "pbx.test"
+EXTENSIONS = {"1": "100", "2": "200", "3": "300", "4": "400"}
+ACCOUNT = {"domain": DOMAIN, "extensions": EXTENSIONS, "fallback": "reception", "context": "default"}
+
+
+@dataclass(frozen=True)
+class Expected:
+    # (type, codes, hangupStatus): which phones got an `in` or `out` card and how each was closed.
+    # Phones of a ring group may be named in one card or in several: FreeSWITCH does not promise
+    # that every forked leg is created before the first one rings, so only the per-phone outcome
+    # is compared (see card_outcome).
+    cards: tuple[tuple[str, tuple[str, ...], str | None], ...]
+    # fields of the one history record (None: no record at all, e.g. an internal call)
+    history: dict | None
+    talk: int | None = None
+    waiting: int | None = None
+
+
+IN, OUT, HANGUP = "in", "out", "hangup"
+
+SCENARIOS: dict[str, Expected] = {
+    "ringgroup_answered": Expected(
+        cards=((IN, ("100", "200"), None), (HANGUP, ("100",), "cancel"), (HANGUP, ("200",), "answered")),
+        history={"type": "in", "result": "answered", "code": "200", "userId": 2, "site": "shop1",
+                 "externalPhone": "+74999999999", "phone": CUSTOMER},
+        talk=3, waiting=2),
+    "ringgroup_missed": Expected(
+        cards=((IN, ("100", "200"), None), (HANGUP, ("100", "200"), "no answered")),
+        history={"type": "in", "result": "no answer", "site": "shop1", "phone": CUSTOMER},
+        talk=0, waiting=4),
+    # The phone never rang, so no card; the call is still the CRM's, as busy.
+    "single_busy": Expected(
+        cards=(),
+        history={"type": "in", "result": "busy", "code": "300", "userId": 3, "site": "shop2", "phone": CUSTOMER},
+        talk=0),
+    "outgoing_answered": Expected(
+        cards=((OUT, ("100",), None), (HANGUP, ("100",), "answered")),
+        history={"type": "out", "result": "answered", "code": "100", "userId": 1, "site": "shop1",
+                 "externalPhone": "+74999999999", "phone": CUSTOMER},
+        talk=3, waiting=2),
+    "internal": Expected(cards=(), history=None),
+    "trunk_prefix_caller": Expected(
+        cards=((IN, ("300",), None), (HANGUP, ("300",), "answered")),
+        history={"type": "in", "result": "answered", "code": "300", "site": "shop2", "phone": CUSTOMER},
+        talk=2, waiting=1),
+    # FreeSWITCH answers at once for a 1 s announcement, then 100 rings 1 s and answers; the customer
+    # hangs up 4 s after FreeSWITCH answered. The announcement is not talking to anybody.
+    "announcement_first": Expected(
+        cards=((IN, ("100",), None), (HANGUP, ("100",), "answered")),
+        history={"type": "in", "result": "answered", "code": "100", "phone": CUSTOMER},
+        talk=2, waiting=2),
+    # The queue answers the customer at once (hold music); 200 answers 1.5 s later; the customer
+    # hangs up 4.5 s after the queue answered. Time in the queue is waiting time.
+    "queue_ringall_answered": Expected(
+        cards=((IN, ("100", "200"), None), (HANGUP, ("100",), "cancel"), (HANGUP, ("200",), "answered")),
+        history={"type": "in", "result": "answered", "code": "200", "userId": 2, "phone": CUSTOMER},
+        talk=3, waiting=2),
+    # 300 rang for 3 s, then the customer left a 6 s message: missed, for 300.
+    "voicemail_after_no_answer": Expected(
+        cards=((IN, ("300",), None), (HANGUP, ("300",), "no answered")),
+        history={"type": "in", "result": "no answer", "code": "300", "phone": CUSTOMER},
+        talk=0),
+    # The carrier leg to 100's mobile is 100's phone, not a second customer.
+    "forward_to_mobile": Expected(
+        cards=((IN, ("100",), None), (HANGUP, ("100",), "answered")),
+        history={"type": "in", "result": "answered", "code": "100", "userId": 1, "phone": CUSTOMER},
+        talk=3, waiting=2),
+}
+
+
+def card_outcome(cards) -> dict[str, list]:
+    """Per phone, in order: the card types it got, with the hangup status (e.g. ["in", "hangup:answered"])."""
+    outcome: dict[str, list] = {}
+    for kind, codes, status in cards:
+        for code in codes:
+            outcome.setdefault(code, []).append(kind if kind != "hangup" else "hangup:%s" % status)
+    return outcome
+
+
+def check_history(record: dict, expected: Expected) -> list[str]:
+    """What differs between one history record and the expectation (empty when it matches)."""
+    problems = ["%s: %r, expected %r" % (key, record.get(key), value)
+                for key, value in (expected.history or {}).items() if record.get(key) != value]
+    for key, value in (("duration", expected.talk), ("durationWaiting", expected.waiting)):
+        if value is not None and abs(int(record.get(key, -99)) - value) > 1:
+            problems.append("%s: %r, expected %s ± 1" % (key, record.get(key), value))
+    return problems
