@@ -25,7 +25,7 @@ RINGING_EVENTS = frozenset({vocab.CHANNEL_PROGRESS, vocab.CHANNEL_PROGRESS_MEDIA
 
 def may_card(call: Call, leg: Leg, name: str) -> bool:
     """Cheap test before the card logic: most events cannot produce a card."""
-    if name == vocab.CHANNEL_HANGUP:
+    if name in (vocab.CHANNEL_HANGUP, vocab.CHANNEL_BRIDGE):
         return True
     if name == vocab.CHANNEL_CREATE:
         return leg.role == ROLE_EXTERNAL and not call.out_card_sent
@@ -89,7 +89,9 @@ def _card_maker(call: Call, account: AccountConfig, at_us: int):
 def _incoming_cards(call, leg, name, account, card) -> list[CallEvent]:
     out: list[CallEvent] = []
     managers = manager_legs(call, account)
-    if name in RINGING_EVENTS and leg.role == ROLE_EXTENSION:
+    # A bridge can bring in a phone that never rang for this call: a colleague taking a parked call,
+    # the manager an attended transfer puts the customer through to. His screen shows the customer too.
+    if (name in RINGING_EVENTS and leg.role == ROLE_EXTENSION) or name == vocab.CHANNEL_BRIDGE:
         # Every phone that starts ringing gets its `in` card at once. Phones of a ring group whose
         # legs are already known go out together in one card; FreeSWITCH does not promise that all
         # forked legs are created before the first one rings, so a late one gets a card of its own.

@@ -29,6 +29,9 @@ class Expected:
     history: dict | None
     talk: int | None = None
     waiting: int | None = None
+    # The stream ends because FreeSWITCH died: the replay has the event socket break this many
+    # seconds after the last event, then finds no channel left (as fs-crm does on reconnecting).
+    connection_lost_after: float | None = None
 
 
 IN, OUT, HANGUP = "in", "out", "hangup"
@@ -80,6 +83,56 @@ SCENARIOS: dict[str, Expected] = {
         cards=((IN, ("100",), None), (HANGUP, ("100",), "answered")),
         history={"type": "in", "result": "answered", "code": "100", "userId": 1, "phone": CUSTOMER},
         talk=3, waiting=2),
+    # 300 answers after 1 s and talks 2 s, then the customer is transferred to 200, who rings 1 s
+    # and talks 3 s: talk is both conversations, the call is 200's (the last one the customer
+    # talked to), and each phone had its own card.
+    "blind_transfer": Expected(
+        cards=((IN, ("300",), None), (HANGUP, ("300",), "answered"), (IN, ("200",), None),
+               (HANGUP, ("200",), "answered")),
+        history={"type": "in", "result": "answered", "code": "200", "userId": 2, "site": "shop2", "phone": CUSTOMER},
+        talk=5, waiting=2),
+    # 200 answers after 1 s; 3 s into the conversation FreeSWITCH is killed (-9) and started again.
+    # fs-crm reports the call once, answered by 200, with the talk it can vouch for (until the
+    # event socket broke), closes 200's card, and uploads the recording FreeSWITCH left on disk.
+    "freeswitch_killed_mid_call": Expected(
+        cards=((IN, ("100", "200"), None), (HANGUP, ("100",), "cancel"), (HANGUP, ("200",), "answered")),
+        history={"type": "in", "result": "answered", "code": "200", "userId": 2, "site": "shop1", "phone": CUSTOMER},
+        talk=3, waiting=1, connection_lost_after=3.0),
+    # 300 rings 1 s, then 400 picks the call up (*8) and talks 3 s: 400's call; 300's card closes
+    # as taken elsewhere, and 400's screen shows the customer once he has the call.
+    "pickup": Expected(
+        cards=((IN, ("300",), None), (HANGUP, ("300",), "cancel"), (IN, ("400",), None),
+               (HANGUP, ("400",), "answered")),
+        history={"type": "in", "result": "answered", "code": "400", "userId": 4, "site": "shop2", "phone": CUSTOMER},
+        talk=3, waiting=1),
+    # 300 answers after 1 s and talks 2 s, parks the customer (2 s on hold in the lot), and 400
+    # retrieves the call and talks 3 s: both conversations are talk, parking is waiting. 400's
+    # screen shows the customer's card once he has the call.
+    "park_and_retrieve": Expected(
+        cards=((IN, ("300",), None), (HANGUP, ("300",), "answered"), (IN, ("400",), None),
+               (HANGUP, ("400",), "answered")),
+        history={"type": "in", "result": "answered", "code": "400", "userId": 4, "site": "shop2", "phone": CUSTOMER},
+        talk=5, waiting=3),
+    # The queue answers at once; 100 and 200 ring; the customer leaves after 3 s: missed.
+    "queue_abandoned": Expected(
+        cards=((IN, ("100", "200"), None), (HANGUP, ("100", "200"), "no answered")),
+        history={"type": "in", "result": "no answer", "phone": CUSTOMER},
+        talk=0, waiting=3),
+    # One agent at a time: 100 rings 4 s (his leg_timeout), then 300 rings 1 s and answers.
+    "queue_topdown_second_agent": Expected(
+        cards=((IN, ("100",), None), (HANGUP, ("100",), "no answered"), (IN, ("300",), None),
+               (HANGUP, ("300",), "answered")),
+        history={"type": "in", "result": "answered", "code": "300", "userId": 3, "phone": CUSTOMER},
+        talk=4, waiting=5),
+    # 300 answers after 1 s and talks 2 s; meanwhile a consultation call reaches 200 (1 s ringing,
+    # 2 s talking); then the customer is put through to 200 until 8 s after the answer (about 3 s).
+    # Talk is every second the customer spoke to a manager (about 7 s: 300 stays on the line during
+    # the consultation), ringing is waiting; the call is 200's.
+    "attended_transfer": Expected(
+        cards=((IN, ("300",), None), (HANGUP, ("300",), "answered"), (IN, ("200",), None),
+               (HANGUP, ("200",), "answered")),
+        history={"type": "in", "result": "answered", "code": "200", "userId": 2, "site": "shop2", "phone": CUSTOMER},
+        talk=7, waiting=1),
 }
 
 

@@ -77,13 +77,13 @@ class Sipp:
         self._count = 0
 
     # --- running one party ---------------------------------------------------------------------
-    def _start(self, name: str, scenario: str, port: int, remote: str | None = None) -> Party:
+    def _start(self, name: str, scenario: str, port: int, remote: str | None = None, calls: int = 1) -> Party:
         self._count += 1
         name = "%02d-%s" % (self._count, name)
         path = self.workdir / ("%s.xml" % name)
         path.write_text(scenario)
         command = [SIPP] + ([remote] if remote else []) + [
-            "-sf", str(path), "-i", "127.0.0.1", "-p", str(port), "-m", "1", "-nostdin",
+            "-sf", str(path), "-i", "127.0.0.1", "-p", str(port), "-m", str(calls), "-nostdin",
             "-timeout", "90s", "-timeout_error", "-max_recv_loops", "1000",
             "-mp", str(free_port()),  # the media port SIPp announces; no media flows
             "-trace_err", "-error_file", str(self.workdir / ("%s-errors.log" % name)),
@@ -114,7 +114,7 @@ class Sipp:
 
     # --- called parties: a phone, or the customer behind the carrier ---------------------------------
     def _called(self, who: str, port: int, behaviour: str, user: str, ring_ms: int = 1000,
-                talk_ms: int | None = None, bye_timeout_ms: int = 60000) -> Party:
+                talk_ms: int | None = None, bye_timeout_ms: int = 60000, calls: int = 1) -> Party:
         if behaviour == "answer":
             hangs_up = talk_ms is not None
             ending = (_render("hang_up_uas.part", {"talk_ms": talk_ms, "user": user}) if hangs_up
@@ -125,10 +125,11 @@ class Sipp:
                                               "capture": capture})
         else:
             scenario = _render("%s.xml" % behaviour, {"user": user})
-        return self._start("%s-%s" % (who, behaviour), scenario, port)
+        return self._start("%s-%s" % (who, behaviour), scenario, port, calls=calls)
 
     def phone(self, extension: str, behaviour: str, **timing) -> Party:
-        """behaviour: answer (after ring_ms; hangs up after talk_ms, or waits for BYE), ring, busy."""
+        """behaviour: answer (after ring_ms; hangs up after talk_ms, or waits for BYE), ring, busy.
+        calls: how many calls this phone takes (at the same time or one after the other)."""
         return self._called("phone%s" % extension, self.phone_ports[extension], behaviour, extension, **timing)
 
     def carrier(self, behaviour: str, **timing) -> Party:

@@ -5,7 +5,10 @@ Each test plays one situation of tests/live/scenarios.py and checks what the fak
 
 from __future__ import annotations
 
+import gevent
 from scenarios import CUSTOMER, SCENARIOS, card_outcome, check_history
+
+from fs_crm.polling import wait_for
 
 
 def finish(live, *parties, timeout: float = 60.0) -> None:
@@ -112,3 +115,138 @@ def test_given_call_forwarded_to_managers_mobile_then_that_manager_answered(live
     customer = live.phones.customer_calls("74993333333", CUSTOMER, talk_ms=3000)
     finish(live, customer, mobile)
     assert_scenario(live, "forward_to_mobile")
+
+
+def channel(live, name_part: str, timeout: float = 10.0) -> dict:
+    """The live channel whose name contains `name_part`, once FreeSWITCH lists it as talking."""
+    found: list[dict] = []
+
+    def active() -> bool:
+        found[:] = [c for c in live.pbx.channels()
+                    if name_part in (c["name"], c["uuid"]) or name_part in c["name"] and c["callstate"] == "ACTIVE"]
+        return bool(found)
+
+    assert wait_for(active, timeout=timeout, interval=0.05), live.pbx.channels()
+    return found[0]
+
+
+def talk_for(seconds: float) -> None:
+    """The conversation itself: the scenario's time passing, not a wait for a condition."""
+    gevent.sleep(seconds)
+
+
+def test_given_blind_transfer_when_customer_talks_to_two_managers_then_talk_counts_both(live):
+    live.capture_as("blind_transfer")
+    oleg = live.phones.phone("300", "answer", ring_ms=1000)
+    anna = live.phones.phone("200", "answer", ring_ms=1000)
+    customer = live.phones.customer_calls("74998888888", CUSTOMER, talk_ms=6000)
+    caller = channel(live, "sofia/external/")
+    talk_for(2)
+    assert "+OK" in live.pbx.api("uuid_transfer %s 200 XML default" % caller["uuid"])
+    finish(live, customer, oleg, anna)
+    assert_scenario(live, "blind_transfer")
+
+
+def test_given_freeswitch_killed_mid_call_when_it_restarts_then_call_reported_once_with_talk_and_cards_closed(live):
+    live.capture_as("freeswitch_killed_mid_call")
+    ivan = live.phones.phone("100", "ring")
+    anna = live.phones.phone("200", "answer", ring_ms=1000)
+    customer = live.phones.customer_calls("74999999999", CUSTOMER, talk_ms=60000)
+    channel(live, "sofia/external/")
+    talk_for(3)
+    live.pbx.kill()
+    for party in (customer, ivan, anna):
+        party.stop()
+    live.pbx.start()
+    try:
+        record = assert_scenario(live, "freeswitch_killed_mid_call")
+        assert record.get("recordUrl"), "the recording FreeSWITCH left on disk is uploaded"
+        assert live.service.listener.connects >= 2
+    finally:
+        live.phones.register_all()
+
+
+def ringing(live, name_part: str, timeout: float = 10.0) -> None:
+    assert wait_for(lambda: any(name_part in c["name"] and c["callstate"] in ("RINGING", "EARLY")
+                                for c in live.pbx.channels()), timeout=timeout, interval=0.05), live.pbx.channels()
+
+
+def test_given_colleague_picks_up_a_ringing_call_then_history_names_him(live):
+    live.capture_as("pickup")
+    oleg = live.phones.phone("300", "ring")
+    customer = live.phones.customer_calls("74998888888", CUSTOMER)  # talks until the manager hangs up
+    ringing(live, "sofia/local/300")
+    talk_for(1)
+    reception = live.phones.phone_calls("400", "*8", talk_ms=3000)
+    finish(live, reception, customer, oleg)
+    assert_scenario(live, "pickup")
+
+
+def test_given_call_parked_and_retrieved_by_colleague_then_both_conversations_count(live):
+    live.capture_as("park_and_retrieve")
+    oleg = live.phones.phone("300", "answer", ring_ms=1000)
+    customer = live.phones.customer_calls("74998888888", CUSTOMER)
+    caller = channel(live, "sofia/external/")
+    talk_for(2)
+    assert "+OK" in live.pbx.api("uuid_transfer %s 7000 XML default" % caller["uuid"])
+    assert wait_for(lambda: "7001" in live.pbx.api("valet_info lot1"), timeout=5), live.pbx.api("valet_info lot1")
+    talk_for(2)
+    reception = live.phones.phone_calls("400", "7001", talk_ms=3000)
+    finish(live, reception, customer, oleg)
+    assert_scenario(live, "park_and_retrieve")
+
+
+def test_given_two_customers_ring_the_same_group_then_two_calls_each_with_its_cards(live):
+    ivan = live.phones.phone("100", "ring", calls=2)
+    anna = live.phones.phone("200", "ring", calls=2)
+    first = live.phones.customer_calls("74999999999", CUSTOMER, then="give_up", wait_ms=4000)
+    ringing(live, "sofia/local/100")
+    second = live.phones.customer_calls("74999999999", "79127654321", then="give_up", wait_ms=3000)
+    finish(live, first, second, ivan, anna)
+    records = live.wait_history(2)
+    assert sorted(r["phone"] for r in records) == [CUSTOMER, "79127654321"]
+    assert {r["result"] for r in records} == {"no answer"}
+    by_call: dict[str, list] = {}
+    for event in live.crm.events:
+        by_call.setdefault(event["callExternalId"], []).append((event["type"], tuple(event["codes"]),
+                                                                 event.get("hangupStatus")))
+    assert sorted(by_call) == sorted(r["externalId"] for r in records)
+    for cards in by_call.values():
+        assert card_outcome(cards) == {"100": ["in", "hangup:no answered"], "200": ["in", "hangup:no answered"]}
+
+
+def test_given_queue_when_customer_gives_up_waiting_then_missed(live):
+    live.capture_as("queue_abandoned")
+    ivan, anna = live.phones.phone("100", "ring"), live.phones.phone("200", "ring")
+    customer = live.phones.customer_calls("74996666666", CUSTOMER, talk_ms=3000)  # the queue answers
+    finish(live, customer, ivan, anna)
+    assert_scenario(live, "queue_abandoned")
+
+
+def test_given_one_at_a_time_queue_when_second_agent_answers_then_his_call(live):
+    live.capture_as("queue_topdown_second_agent")
+    ivan = live.phones.phone("100", "ring")
+    oleg = live.phones.phone("300", "answer", ring_ms=1000)
+    customer = live.phones.customer_calls("74996666660", CUSTOMER, talk_ms=9000)
+    finish(live, customer, ivan, oleg)
+    assert_scenario(live, "queue_topdown_second_agent")
+
+
+def test_given_attended_transfer_when_manager_hands_customer_over_then_one_record_for_the_second(live):
+    """300 consults 200 on a call of his own (here placed by the PBX for him), then puts the customer
+    through: what att_xfer and a phone's REFER/Replaces end with, a uuid_bridge of the customer and
+    the consulted leg. The consultation starts as an internal call and joins the customer's."""
+    live.capture_as("attended_transfer")
+    oleg = live.phones.phone("300", "answer", ring_ms=1000)
+    anna = live.phones.phone("200", "answer", ring_ms=1000)
+    customer = live.phones.customer_calls("74998888888", CUSTOMER, talk_ms=8000)
+    caller = channel(live, "sofia/external/")
+    talk_for(2)
+    consult = "00000000-0000-4000-8000-%012d" % (abs(hash(caller["uuid"])) % 10**12)
+    live.pbx.api("originate {origination_uuid=%s,origination_caller_id_number=300}user/200@pbx.test &park()"
+                 % consult)
+    channel(live, consult)
+    talk_for(2)
+    assert "+OK" in live.pbx.api("uuid_bridge %s %s" % (caller["uuid"], consult))
+    finish(live, customer, oleg, anna)
+    assert_scenario(live, "attended_transfer")
