@@ -133,6 +133,12 @@ SCENARIOS: dict[str, Expected] = {
                (HANGUP, ("200",), "answered")),
         history={"type": "in", "result": "answered", "code": "200", "userId": 2, "site": "shop2", "phone": CUSTOMER},
         talk=7, waiting=1),
+    # Click-to-call: 100 answers after 1 s, the customer 1 s later and hangs up after 3 s. One
+    # outgoing call of 100's, never an incoming card for his own phone ringing.
+    "click_to_call": Expected(
+        cards=((OUT, ("100",), None), (HANGUP, ("100",), "answered")),
+        history={"type": "out", "result": "answered", "code": "100", "userId": 1, "phone": CUSTOMER},
+        talk=3),
 }
 
 

@@ -250,3 +250,20 @@ def test_given_attended_transfer_when_manager_hands_customer_over_then_one_recor
     assert "+OK" in live.pbx.api("uuid_bridge %s %s" % (caller["uuid"], consult))
     finish(live, customer, oleg, anna)
     assert_scenario(live, "attended_transfer")
+
+
+def test_given_click_to_call_when_manager_and_customer_answer_then_outgoing_call_of_that_manager(live):
+    """The CRM's makeCallUrl through fs-crm's HTTP to a real originate: 100's phone rings first,
+    then the customer is dialled through the dialplan and the carrier. The CRM's number comes in its
+    own spelling and reaches FreeSWITCH in the canonical one."""
+    import requests
+
+    live.capture_as("click_to_call")
+    ivan = live.phones.phone("100", "answer", ring_ms=1000)
+    far_end = live.phones.carrier("answer", ring_ms=1000, talk_ms=3000)
+    account = live.service.config.accounts[0]
+    answer = requests.get("http://127.0.0.1:%d/make-call" % live.service.http.port, timeout=10, params={
+        "clientId": account.client_id, "code": "100", "userId": "1", "phone": "8 (912) 123-45-67"})
+    assert answer.status_code == 200, answer.text
+    finish(live, far_end, ivan)
+    assert_scenario(live, "click_to_call")
