@@ -307,3 +307,25 @@ def test_given_orphaned_call_when_expired_then_it_ends_at_the_last_event_seen_no
     [record] = [e.to_api() for e in tracker.expire_orphans(last_us + 3_710_000_000, 3_000_000)
                 if isinstance(e, CallRecord)]
     assert record["duration"] <= 5 and record["durationWaiting"] <= 5
+
+
+def test_given_recording_not_named_by_the_snippet_when_finished_then_it_is_left_alone():
+    # A voicemail message or another application's file: its RECORD_STOP path differs from the
+    # channel's crm_recording_path, so fs-crm never uploads (and deletes) it.
+    events = [with_header(e, "variable_crm_recording_path", "/var/spool/fs/other.wav") if e.name == "RECORD_STOP"
+              else e for e in (parse_event_plain(b) for b in load_capture(capture_path("in_answered_ringgroup")))]
+    assert typed_records(events)[0].recording_path is None
+
+
+def test_given_outgoing_call_orphaned_when_its_phone_leg_named_the_file_then_recording_kept():
+    events = events_of("out_answered")
+    phone_leg = events[0]["Unique-ID"]
+    bridged = next(i for i, e in enumerate(events) if e.name == "CHANNEL_BRIDGE") + 1
+    marked = [with_header(e, "variable_crm_recording_path", "/rec/fs-crm/%s.wav" % phone_leg)
+              if e["Unique-ID"] == phone_leg and e.name == "CHANNEL_BRIDGE" else e for e in events[:bridged]]
+    tracker, _, _ = play(marked)
+    last_us = int(events[bridged - 1]["Event-Date-Timestamp"])
+    tracker.reconcile([], last_us + 1_000_000, alive_until_us=last_us + 4_000_000)
+    [record] = [e for e in tracker.expire_orphans(last_us + 10_000_000, 3_000_000) if isinstance(e, CallRecord)]
+    assert record.recording_path == "/rec/fs-crm/%s.wav" % phone_leg
+    assert (record.type, record.result, record.code, record.duration) == ("out", "answered", "100", 4)

@@ -32,7 +32,8 @@ US = 1_000_000  # FreeSWITCH stamps times in microseconds since the epoch
 # Channels that are never a party of the call: loopback halves, the `pickup/<group>` leg a ring
 # group forks so a colleague can take the call, error/ legs of a failed dial string.
 HELPER_ENDPOINTS = ("loopback/", "pickup/", "error/")
-# Events of the customer's leg that carry its channel variables (so crm_recording_path once set).
+# Events that carry a leg's channel variables, so crm_recording_path once the snippet set it (on
+# the leg that runs the dialplan: the customer's coming in, the manager's phone going out).
 _MARK_EVENTS = frozenset({vocab.CHANNEL_ANSWER, vocab.CHANNEL_BRIDGE, vocab.CHANNEL_PROGRESS_MEDIA,
                           vocab.CHANNEL_HANGUP, vocab.CHANNEL_HANGUP_COMPLETE})
 
@@ -195,7 +196,7 @@ def update_leg(leg: Leg, event: Event, name: str) -> None:
             setattr(leg, attr, event.get(var))
     if name == vocab.RECORD_STOP:
         note_recording(leg, event)
-    elif leg.recording_mark is None and leg.role == ROLE_EXTERNAL and name in _MARK_EVENTS:
+    elif leg.recording_mark is None and name in _MARK_EVENTS:
         leg.recording_mark = event.get(vocab.V_CRM_RECORDING)
     created = event.int(vocab.H_CREATED_TIME)
     if created:
