@@ -6,6 +6,7 @@ Every error names the file, the section and the key, so an operator can fix it w
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import tomllib
@@ -157,12 +158,17 @@ class AccountConfig:
         if not wanted:
             return None
         canonical = self.canonical_phone(number)
-        for site, configured in self.external_phones:
-            have = digits_of(configured)
+        for site, configured, have, have_canonical in self._company_numbers:
             if (have == wanted or (len(have) >= 10 and len(wanted) >= 10 and have[-10:] == wanted[-10:])
-                    or self.canonical_phone(configured) == canonical):
+                    or have_canonical == canonical):
                 return site, configured
         return None
+
+    @functools.cached_property
+    def _company_numbers(self) -> tuple[tuple[str, str, str, str], ...]:
+        # site_of runs for every call card: the configured numbers are taken apart once.
+        return tuple((site, configured, digits_of(configured), self.canonical_phone(configured))
+                     for site, configured in self.external_phones)
 
 
 @dataclass(frozen=True)
