@@ -56,8 +56,9 @@ from greenswitch.esl import InboundESL  # noqa: E402
 from fs_crm import vocab  # noqa: E402
 from fs_crm.calls import CallTracker  # noqa: E402
 from fs_crm.config import parse_config  # noqa: E402
-from fs_crm.esl import RECV_BYTES, EslConnection  # noqa: E402
+from fs_crm.esl import EslConnection  # noqa: E402
 from fs_crm.eslparse import parse_event_plain  # noqa: E402
+from fs_crm.eslsession import RECV_BYTES  # noqa: E402
 from fs_crm.outbox import NewCall, Outbox  # noqa: E402
 from fs_crm.payloads import CallRecord  # noqa: E402
 from fs_crm.service import Service  # noqa: E402

@@ -54,7 +54,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from fs_crm.crm import CrmClient, CrmError
-    from fs_crm.esl import EslConnection, EslError
+    from fs_crm.esl import EslConnection
+    from fs_crm.eslsession import EslError
 
     config = _load(args)
     ok = True

@@ -18,7 +18,7 @@ from typing import Callable, Mapping
 
 from fs_crm.commands import FreeswitchCommands
 from fs_crm.config import AccountConfig
-from fs_crm.esl import EslCommandError, EslError
+from fs_crm.eslsession import EslCommandError, EslError
 from fs_crm.phones import parse_phone
 
 logger = logging.getLogger(__name__)

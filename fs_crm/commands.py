@@ -1,8 +1,12 @@
-"""Commands to FreeSWITCH on a connection of their own.
+"""Commands to FreeSWITCH on connections of their own, in two lanes.
 
 The event listener's connection must never wait on a command (FreeSWITCH runs `api` inline and
-holds that connection's events meanwhile), so click-to-call, registration checks and status pushes
-use this second connection. It connects on first use, and is made again after any failure.
+holds that connection's events meanwhile), so click-to-call, registration checks, status pushes
+and the periodic channel sweep use connections of their own. FreeSWITCH answers one connection's
+commands one after another, so a `show channels` listing thousands of calls would hold up the
+registration check an incoming call is waiting for: listings go to the `bulk` lane, everything
+else (one quick lookup or change each) to the `fast` lane. Each lane is one connection, made on
+first use and made again after any failure.
 """
 
 from __future__ import annotations
@@ -15,73 +19,92 @@ import gevent
 import gevent.lock
 
 from fs_crm.config import FreeswitchConfig
-from fs_crm.esl import EslCommandError, EslConnection, EslError, EslUnavailable
+from fs_crm.esl import EslConnection
+from fs_crm.eslsession import EslCommandError, EslError, EslUnavailable
 
 logger = logging.getLogger(__name__)
 
 NOT_REGISTERED = "error/user_not_registered"
+FAST = "fast"
+BULK = "bulk"
+# Commands whose answer grows with the switch's load (`show channels`, `show calls`, ...).
+BULK_PREFIXES = ("show ",)
 # Everything sent from here is built by fs-crm from whitelisted parts; this is the last line of
 # defence should a caller ever pass something else (no blank lines, no control characters).
 _COMMAND = re.compile(r"[\x20-\x7e]+")
+
+
+def lane_of(command: str) -> str:
+    return BULK if command.lower().startswith(BULK_PREFIXES) else FAST
+
+
+class _Lane:
+    def __init__(self, name: str):
+        self.name = name
+        self.conn: EslConnection | None = None
+        self.lock = gevent.lock.Semaphore()  # one connect at a time
+        self.last_error: str | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.conn is not None and self.conn.connected
 
 
 class FreeswitchCommands:
     def __init__(self, config: FreeswitchConfig, on_connected: Callable[[], None] | None = None, *,
                  spawn: Callable[[Callable[[], None]], object] = gevent.spawn):
         self.config = config
-        # Run (through `spawn`, never in the caller's command) each time this connection is made.
+        # Run (through `spawn`, never in the caller's command) each time the fast lane's connection
+        # is made: the commands that change FreeSWITCH's state (status pushes) travel on it.
         self.on_connected = on_connected
         self.spawn = spawn
-        self._conn: EslConnection | None = None
-        self._lock = gevent.lock.Semaphore()
-        self.last_error: str | None = None
+        self._lanes = {FAST: _Lane(FAST), BULK: _Lane(BULK)}
 
     @property
     def connected(self) -> bool:
-        return self._conn is not None and self._conn.connected
+        return any(lane.connected for lane in self._lanes.values())
 
-    def _connection(self) -> EslConnection:
-        with self._lock:
-            if self._conn is None or not self._conn.connected:
-                conn = EslConnection(self.config, on_event=lambda event: None)
-                conn.connect()  # raises EslUnavailable / EslAuthError
-                self._conn = conn
-                logger.info("command connection to FreeSWITCH %s:%s ready", self.config.host, self.config.port)
-                fresh = True
-            else:
-                fresh = False
-            conn = self._conn
-        if fresh and self.on_connected is not None:
+    @property
+    def last_error(self) -> str | None:
+        """The last connection problem of either lane (for /healthz); a refused command is not one."""
+        return self._lanes[FAST].last_error or self._lanes[BULK].last_error
+
+    def _connection(self, lane: _Lane) -> EslConnection:
+        with lane.lock:
+            if lane.connected:
+                return lane.conn
+            conn = EslConnection(self.config, on_event=lambda event: None)
+            conn.connect()  # raises EslUnavailable / EslAuthError; closes itself when it fails
+            lane.conn = conn
+        logger.info("command connection (%s lane) to FreeSWITCH %s:%s ready", lane.name, self.config.host,
+                    self.config.port)
+        if lane.name == FAST and self.on_connected is not None:
             self.spawn(self.on_connected)
         return conn
 
-    def _checked(self, command: str) -> str:
-        if not _COMMAND.fullmatch(command):
-            raise ValueError("refusing a FreeSWITCH command with control characters")
-        return command
-
     def api(self, command: str, timeout: float | None = None) -> str:
         """Output of `api <command>`; EslCommandError on -ERR, EslUnavailable/EslTimeout otherwise."""
-        return self._tracked(lambda: self._connection().api(self._checked(command), timeout))
+        _check(command)
+        return self._tracked(self._lanes[lane_of(command)], lambda conn: conn.api(command, timeout))
 
     def bgapi(self, command: str, job_uuid: str, timeout: float | None = None) -> str:
         """Queue `command` as a background job with our own Job-UUID; returns FreeSWITCH's
         Reply-Text once accepted (the job's result comes later as BACKGROUND_JOB)."""
         if not re.fullmatch(r"[0-9a-f-]{36}", job_uuid):
             raise ValueError("Job-UUID must be a UUID")
-        return self._tracked(lambda: self._connection().command(
-            "bgapi %s\nJob-UUID: %s" % (self._checked(command), job_uuid), timeout))
+        _check(command)
+        return self._tracked(self._lanes[FAST],
+                             lambda conn: conn.command("bgapi %s\nJob-UUID: %s" % (command, job_uuid), timeout))
 
-    def _tracked(self, run: Callable[[], str]) -> str:
-        """Remember the last connection problem for /healthz (a refused command is not one)."""
+    def _tracked(self, lane: _Lane, run: Callable[[EslConnection], str]) -> str:
         try:
-            result = run()
+            result = run(self._connection(lane))
         except EslCommandError:
             raise
         except EslError as exc:
-            self.last_error = str(exc)
+            lane.last_error = str(exc)
             raise
-        self.last_error = None
+        lane.last_error = None
         return result
 
     def is_registered(self, extension: str, domain: str, timeout: float | None = None) -> bool:
@@ -90,10 +113,16 @@ class FreeswitchCommands:
         return bool(contact) and NOT_REGISTERED not in contact
 
     def close(self) -> None:
-        with self._lock:
-            conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.stop()
+        for lane in self._lanes.values():
+            with lane.lock:
+                conn, lane.conn = lane.conn, None
+            if conn is not None:
+                conn.stop()
 
 
-__all__ = ["FreeswitchCommands", "EslUnavailable", "NOT_REGISTERED"]
+def _check(command: str) -> None:
+    if not _COMMAND.fullmatch(command):
+        raise ValueError("refusing a FreeSWITCH command with control characters")
+
+
+__all__ = ["FreeswitchCommands", "EslUnavailable", "NOT_REGISTERED", "FAST", "BULK", "lane_of"]

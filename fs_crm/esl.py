@@ -1,15 +1,10 @@
-"""FreeSWITCH inbound Event Socket: the only importer of greenswitch.
+"""FreeSWITCH inbound Event Socket: the event listener's connection and its supervisor.
 
-greenswitch's InboundESL gives the shape (an auth handshake, a reply FIFO, a reader greenlet), but
-its stock reader has traps we cannot live with in a daemon (see freeswitch-esl.md section 7.2):
-it spins forever when the socket closes mid-body, URL-decodes a whole event before splitting it,
-never releases pending `send()` calls on EOF, waits for replies without a timeout, and writes with
-`send` instead of `sendall` without a lock. `EslConnection` keeps the class and replaces those
-parts: frames come from our own incremental parser (fs_crm.eslparse), every command has a
-deadline, sends are serialised, and a closed socket fails every waiter at once.
-
-Events are handed to `on_event` in the reader greenlet, in wire order. The handler must be pure
-and quick (track, then enqueue); anything slow belongs to the senders.
+`EslConnection` is the session core (fs_crm.eslsession) in the inbound role: it dials
+FreeSWITCH, waits for the auth/request greeting (or the ACL's rude rejection), authenticates, and
+hands every event to `on_event` in the reader greenlet, in wire order. The handler must be pure and
+quick (track, then enqueue); anything slow belongs to the senders. The command client
+(fs_crm.commands) uses the same class with no event handler.
 """
 
 from __future__ import annotations
@@ -22,93 +17,68 @@ from typing import Callable
 
 import gevent
 import gevent.event
-import gevent.lock
-from greenswitch.esl import InboundESL
 
 from fs_crm import vocab
 from fs_crm.config import FreeswitchConfig
-from fs_crm.eslparse import Event, EventParseError, Frame, FrameError, FrameReader, parse_event
+from fs_crm.eslparse import Event, EventParseError, Frame, parse_event
+from fs_crm.eslsession import EslAuthError, EslError, EslSession, EslUnavailable
 
 logger = logging.getLogger(__name__)
 
-RECV_BYTES = 256 * 1024
 
-
-class EslError(Exception):
-    """Base of the ESL adapter's domain errors."""
-
-
-class EslUnavailable(EslError):
-    """FreeSWITCH cannot be reached, or the connection broke."""
-
-
-class EslAuthError(EslError):
-    """FreeSWITCH refused us (wrong password, ACL rude-rejection)."""
-
-
-class EslTimeout(EslError):
-    """A command got no reply in time; the connection is dropped because later replies would mismatch."""
-
-
-class EslCommandError(EslError):
-    """FreeSWITCH answered a command with -ERR."""
-
-
-class EslConnection(InboundESL):
+class EslConnection(EslSession):
     def __init__(self, config: FreeswitchConfig, on_event: Callable[[Event], None],
                  on_read_done: Callable[[], None] | None = None):
-        super().__init__(config.host, config.port, config.password, timeout=config.connect_timeout)
+        super().__init__(command_timeout=config.command_timeout)
         self.config = config
         self._on_event = on_event
         # Called after the events of one socket read were handled, so the handler can batch its
         # disk writes (one commit per read rather than per call).
         self._on_read_done = on_read_done
-        self._reader = FrameReader()
-        self._send_lock = gevent.lock.Semaphore()
+        self._greeted = gevent.event.Event()  # auth/request, rude rejection, or the socket closed
         self._rejected = False
-        self.closed = gevent.event.Event()
-        self.close_reason = ""
         self.events_received = 0
+
+    @property
+    def log_name(self) -> str:
+        return "FreeSWITCH %s:%s" % (self.config.host, self.config.port)
+
+    @property
+    def connected(self) -> bool:
+        return self.answering
 
     # --- lifecycle ------------------------------------------------------------------------
     def connect(self) -> None:
-        address = "%s:%s" % (self.host, self.port)
+        """Dial, wait for the greeting, authenticate. On any failure, and when interrupted (the
+        caller's gevent.Timeout, a kill), the socket is closed and the reader ends: a new
+        EslConnection is needed for the next attempt."""
+        address = "%s:%s" % (self.config.host, self.config.port)
+        timeout = self.config.connect_timeout
         try:
-            self.sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            sock = socket.create_connection((self.config.host, self.config.port), timeout=timeout)
         except OSError as exc:
+            self.close("cannot connect")
             raise EslUnavailable("cannot connect to FreeSWITCH at %s: %s" % (address, exc)) from None
-        self.sock.settimeout(None)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        self.connected = True
-        self._receive_events_greenlet = gevent.spawn(self.receive_events)
-        if not self._auth_request_event.wait(timeout=self.timeout) or not self.connected:
-            self.close("no auth/request greeting")
-            raise EslUnavailable("FreeSWITCH at %s sent no auth/request within %ss" % (address, self.timeout))
-        if self._rejected:
-            self.close("rude rejection")
-            raise EslAuthError("FreeSWITCH at %s rejected this host (event_socket ACL)" % address)
-        reply = self.send("auth %s" % self.password)
-        if reply.headers.get("Reply-Text", "").strip() != "+OK accepted":
-            self.close("authentication failed")
-            raise EslAuthError("FreeSWITCH at %s refused the event socket password" % address)
-
-    def close(self, reason: str = "closed by us") -> None:
-        if self.closed.is_set():
-            return
-        self.connected = False
-        self.close_reason = reason
-        sock = getattr(self, "sock", None)
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-        waiting, self._commands_sent = self._commands_sent, []
-        for pending in waiting:
-            pending.set_exception(EslUnavailable("connection closed (%s)" % reason))
-        self._auth_request_event.set()
-        self.closed.set()
+        except BaseException:
+            self.close("connect interrupted")  # create_connection closed its socket already
+            raise
+        self.sock = sock
+        try:
+            sock.settimeout(None)
+            self.start("esl-reader")
+            if not self._greeted.wait(timeout=timeout) or self.closed.is_set():
+                self.close("no auth/request greeting")
+                raise EslUnavailable("FreeSWITCH at %s sent no auth/request within %ss" % (address, timeout))
+            if self._rejected:
+                self.close("rude rejection")
+                raise EslAuthError("FreeSWITCH at %s rejected this host (event_socket ACL)" % address)
+            reply = self.send("auth %s" % self.config.password)
+            if reply.headers.get("Reply-Text", "").strip() != "+OK accepted":
+                self.close("authentication failed")
+                raise EslAuthError("FreeSWITCH at %s refused the event socket password" % address)
+        except BaseException:
+            self.close("connect did not finish")
+            raise
 
     def stop(self) -> None:
         """Say goodbye politely if we can, then close."""
@@ -119,29 +89,8 @@ class EslConnection(InboundESL):
                 pass
         self.close("stopped")
 
-    # --- reading ----------------------------------------------------------------------------
-    def receive_events(self) -> None:
-        reason = "FreeSWITCH closed the connection"
-        try:
-            while True:
-                data = self.sock.recv(RECV_BYTES)
-                if not data:
-                    if self._reader.buffered:
-                        reason = "FreeSWITCH closed the connection mid-frame (%d bytes unparsed)" % self._reader.buffered
-                    break
-                for frame in self._reader.feed(data):
-                    self._dispatch(frame)
-                if self._on_read_done is not None:
-                    self._on_read_done()
-        except FrameError as exc:
-            reason = "unreadable ESL stream: %s" % exc
-            logger.error("dropping the ESL connection: %s", reason)
-        except OSError as exc:
-            reason = "socket error: %s" % exc
-        finally:
-            self.close(reason)
-
-    def _dispatch(self, frame: Frame) -> None:
+    # --- the core's hooks -------------------------------------------------------------------
+    def _on_frame(self, frame: Frame) -> None:
         content_type = frame.content_type
         if content_type in (vocab.EVENT_PLAIN, vocab.EVENT_JSON):
             try:
@@ -155,57 +104,22 @@ class EslConnection(InboundESL):
             except Exception:
                 # One event we cannot handle must not stop the rest; the traceback says which.
                 logger.exception("event handler failed on %s %s", event.name, event.get(vocab.H_UNIQUE_ID))
-        elif content_type in (vocab.COMMAND_REPLY, vocab.API_RESPONSE):
-            if self._commands_sent:
-                self._commands_sent.pop(0).set(frame)
-            else:
-                logger.warning("ESL reply with no command waiting for it: %r", frame)
         elif content_type == vocab.AUTH_REQUEST:
-            self._auth_request_event.set()
+            self._greeted.set()
         elif content_type == vocab.RUDE_REJECTION:
             self._rejected = True
-            self._auth_request_event.set()
+            self._greeted.set()
         elif content_type == vocab.DISCONNECT_NOTICE:
             logger.info("FreeSWITCH sent a disconnect notice: %s", frame.body.decode("utf-8", "replace").strip())
         elif content_type != vocab.LOG_DATA:
             logger.warning("ignoring an ESL frame of unknown type %r", content_type)
 
-    # --- commands -------------------------------------------------------------------------
-    def send(self, data: str, timeout: float | None = None) -> Frame:
-        """Send one command (first line plus optional header lines) and wait for its reply."""
-        if "\n\n" in data or "\r" in data or not data.strip():
-            # A blank line would end the command early and let the rest run as a second command.
-            raise ValueError("refusing to send a malformed ESL command")
-        timeout = self.config.command_timeout if timeout is None else timeout
-        pending = gevent.event.AsyncResult()
-        with self._send_lock:
-            if not self.connected:
-                raise EslUnavailable("not connected to FreeSWITCH")
-            self._commands_sent.append(pending)
-            try:
-                self.sock.sendall((data + "\n\n").encode("utf-8"))
-            except OSError as exc:
-                self.close("write failed: %s" % exc)
-                raise EslUnavailable("write to FreeSWITCH failed: %s" % exc) from None
-        try:
-            return pending.get(timeout=timeout)
-        except gevent.Timeout:
-            command = data.split(" ", 1)[0]
-            self.close("no reply to %r within %ss" % (command, timeout))
-            raise EslTimeout("FreeSWITCH did not answer %r within %ss" % (command, timeout)) from None
+    def _after_read(self) -> None:
+        if self._on_read_done is not None:
+            self._on_read_done()
 
-    def command(self, data: str, timeout: float | None = None) -> str:
-        reply = self.send(data, timeout).headers.get("Reply-Text", "")
-        if reply.startswith("-ERR"):
-            raise EslCommandError("%s: %s" % (data.split(" ", 1)[0], reply))
-        return reply
-
-    def api(self, command: str, timeout: float | None = None) -> str:
-        frame = self.send("api %s" % command, timeout)
-        body = frame.body.decode("utf-8", "replace")
-        if body.startswith("-ERR") or body.startswith("-USAGE"):
-            raise EslCommandError("api %s: %s" % (command.split(" ", 1)[0], body.strip()))
-        return body
+    def _on_close(self) -> None:
+        self._greeted.set()
 
 
 class EslListener:

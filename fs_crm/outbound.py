@@ -12,9 +12,10 @@ as the running application looks at its queue (a bridge does, while the phone ri
 (switch_core_session_dequeue_private_event refuses while CF_EVENT_LOCK is set); `execute`
 sends it on every application.
 
-Frames come from our own incremental parser (fs_crm.eslparse), as on the inbound side: every
-command has a deadline, sends are serialised, and a closed socket or FreeSWITCH's disconnect notice
-fails every waiting command at once with `SessionGone`.
+The connection is the session core (fs_crm.eslsession) in the outbound role, as on the inbound
+side: every command has a deadline, sends are serialised, a caller that gives up leaves its late
+reply to be dropped, and a closed socket or FreeSWITCH's disconnect notice fails every waiting
+command at once with `SessionGone`.
 
 Two FreeSWITCH behaviours shape `OutboundServer` (mod_event_socket.c, socket_function and
 listener_run):
@@ -39,18 +40,17 @@ from urllib.parse import unquote
 
 import gevent
 import gevent.event
-import gevent.lock
 import gevent.pool
 import gevent.server
 
 from fs_crm import vocab
 from fs_crm.config import RoutingConfig
-from fs_crm.eslparse import Event, EventParseError, Frame, FrameError, FrameReader, parse_event_plain
+from fs_crm.eslparse import Event, EventParseError, Frame, parse_event_plain
+from fs_crm.eslsession import EslCommandError, EslError, EslSession, EslTimeout, EslUnavailable
 from fs_crm.polling import wait_for
 
 logger = logging.getLogger(__name__)
 
-RECV_BYTES = 64 * 1024
 # A routed call holds its session until FreeSWITCH closes it; with linger that is a few seconds
 # after the hangup. This bounds the calls being routed or in progress at once, not the rate.
 DEFAULT_MAX_SESSIONS = 1000
@@ -69,47 +69,44 @@ _APP_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _SAFE_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
 
 
-class OutboundError(Exception):
+class OutboundError(EslError):
     """Base of the outbound socket's domain errors."""
 
 
-class SessionGone(OutboundError):
+class SessionGone(OutboundError, EslUnavailable):
     """FreeSWITCH ended the session (the caller hung up, FreeSWITCH closed, the socket broke)."""
 
 
-class SessionTimeout(OutboundError):
-    """A command got no reply in time; the session is closed because later replies would mismatch."""
+class SessionTimeout(OutboundError, EslTimeout):
+    """A command got no reply in time; the session stays up and the late reply is dropped."""
 
 
-class SessionCommandError(OutboundError):
+class SessionCommandError(OutboundError, EslCommandError):
     """FreeSWITCH answered a command with -ERR."""
 
 
-class OutboundSession:
+class OutboundSession(EslSession):
     """One call handed to us by `socket host:port async full`."""
+
+    Unavailable = SessionGone
+    TimedOut = SessionTimeout
+    Refused = SessionCommandError
 
     def __init__(self, sock: socket.socket, address: tuple | str = "", *,
                  command_timeout: float = DEFAULT_COMMAND_TIMEOUT):
-        self.sock = sock
+        super().__init__(sock, command_timeout=command_timeout)
         self.address = address
-        self.command_timeout = command_timeout
         # Filled by connect(): the CHANNEL_DATA headers, each value URL-decoded on its own.
         self.channel: dict[str, str] = {}
         self.uuid: str | None = None
         self.connected = False
+        self._connect_sent = False
         # Set by the app once FreeSWITCH has been told what to do with the call (queued apps):
         # closing the session then leaves the call to those apps rather than to the dialplan.
         self.decided = False
         self.hung_up = gevent.event.Event()   # the channel is down (event or disconnect notice)
-        self.closed = gevent.event.Event()
-        self.close_reason = ""
         self.events_received = 0
-        self._reader = FrameReader()
-        self._send_lock = gevent.lock.Semaphore()
-        self._pending: list[gevent.event.AsyncResult] = []
         self._waiters: list[tuple[Callable[[Event], bool], gevent.event.AsyncResult]] = []
-        self._gone: str | None = None  # why no further command can be answered
-        self._reader_greenlet: gevent.Greenlet | None = None
 
     @property
     def label(self) -> str:
@@ -118,28 +115,14 @@ class OutboundSession:
             return self.uuid if _SAFE_ID.fullmatch(self.uuid) else "(unreadable uuid)"
         return "(not connected yet, from %s)" % (self.address,)
 
-    # --- lifecycle ----------------------------------------------------------------------------
-    def start(self) -> None:
-        """Start the reader greenlet; commands can be sent from then on."""
-        if self._reader_greenlet is None:
-            greenlet = gevent.spawn(self._read_loop)
-            greenlet.name = "outbound-reader"
-            greenlet.link_exception(self._reader_crashed)
-            self._reader_greenlet = greenlet
+    @property
+    def log_name(self) -> str:
+        return "call %s" % self.label
 
-    def close(self, reason: str = "closed by fs-crm") -> None:
-        if self.closed.is_set():
-            return
-        self.closed.set()  # first, so nothing below runs twice and no new command goes out
-        self.close_reason = reason
-        self._fail_pending(SessionGone("session closed (%s)" % reason))
-        for _, waiter in self._take_waiters():
-            waiter.set(None)
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
+    # --- lifecycle ----------------------------------------------------------------------------
+    def start(self, name: str = "outbound-reader") -> None:
+        """Start the reader greenlet; commands can be sent from then on."""
+        super().start(name)
 
     def release(self, resume: bool, reason: str = "released by fs-crm") -> None:
         """End our part: with `resume` the call continues in the dialplan after the `socket` action.
@@ -147,9 +130,9 @@ class OutboundSession:
         A session that never got `connect` gets it first: FreeSWITCH keeps an async session's
         channel waiting for it (and the caller in silence) otherwise.
         """
-        if not self.closed.is_set() and self._gone is None:
+        if self.answering:
             try:
-                if not self.connected:
+                if not self._connect_sent:
                     self.connect(timeout=RELEASE_TIMEOUT)
                 if resume and not self.hung_up.is_set():
                     self.command("resume", timeout=RELEASE_TIMEOUT)
@@ -163,7 +146,8 @@ class OutboundSession:
     # --- commands -----------------------------------------------------------------------------
     def connect(self, timeout: float | None = None) -> dict[str, str]:
         """Send `connect`; returns the channel data (header name -> decoded value)."""
-        frame = self._send("connect", timeout)
+        self._connect_sent = True
+        frame = self.send("connect", timeout)
         # Values are URL-encoded like an event's (the reply *is* a serialized CHANNEL_DATA event);
         # decode each on its own, never the block (an encoded newline must stay inside its value).
         self.channel = {name: unquote(value, errors="replace") for name, value in frame.headers.items()}
@@ -172,13 +156,6 @@ class OutboundSession:
         if not self.channel.get(H_REPLY_TEXT, "").startswith("+OK"):
             raise SessionCommandError("connect: %r" % self.channel.get(H_REPLY_TEXT, "no Reply-Text")[:80])
         return self.channel
-
-    def command(self, text: str, timeout: float | None = None) -> str:
-        """Send one command (first line plus optional header lines); its Reply-Text."""
-        reply = self._send(text, timeout).headers.get(H_REPLY_TEXT, "")
-        if reply.startswith("-ERR"):
-            raise SessionCommandError("%s: %s" % (text.split("\n", 1)[0].split(" ", 1)[0], reply))
-        return reply
 
     def execute(self, app: str, arg: str = "", timeout: float | None = None, *, event_lock: bool = True) -> str:
         """Queue a dialplan application on the call (acknowledged at once in async mode).
@@ -212,33 +189,6 @@ class OutboundSession:
     def resume(self, timeout: float | None = None) -> str:
         return self.command("resume", timeout)
 
-    def _send(self, data: str, timeout: float | None) -> Frame:
-        if "\n\n" in data or "\r" in data or not data.strip():
-            # A blank line would end the command early and let the rest run as a second command.
-            raise ValueError("refusing to send a malformed ESL command")
-        timeout = self.command_timeout if timeout is None else timeout
-        pending = gevent.event.AsyncResult()
-        with self._send_lock:
-            if self._gone is not None or self.closed.is_set():
-                raise SessionGone("session ended (%s)" % (self._gone or self.close_reason))
-            self._pending.append(pending)
-            try:
-                self.sock.sendall((data + "\n\n").encode("utf-8"))
-            except OSError as exc:
-                self.close("write failed: %s" % exc)
-                raise SessionGone("write to FreeSWITCH failed: %s" % exc) from None
-        try:
-            return pending.get(timeout=timeout)
-        except gevent.Timeout:
-            command = data.split("\n", 1)[0].split(" ", 1)[0]
-            self.close("no reply to %r within %ss" % (command, timeout))
-            raise SessionTimeout("FreeSWITCH did not answer %r within %ss" % (command, timeout)) from None
-
-    def _fail_pending(self, error: OutboundError) -> None:
-        waiting, self._pending = self._pending, []
-        for pending in waiting:
-            pending.set_exception(error)
-
     # --- events -------------------------------------------------------------------------------
     def wait_for_event(self, predicate: Callable[[Event], bool], timeout: float | None = None) -> Event | None:
         """The next event of this call that `predicate` accepts; None on timeout or when closed."""
@@ -255,38 +205,15 @@ class OutboundSession:
             if entry in self._waiters:
                 self._waiters.remove(entry)
 
-    def _take_waiters(self) -> list[tuple[Callable[[Event], bool], gevent.event.AsyncResult]]:
+    # --- the core's hooks ---------------------------------------------------------------------
+    def _on_close(self) -> None:
         waiters, self._waiters = self._waiters, []
-        return waiters
+        for _, waiter in waiters:
+            waiter.set(None)
 
-    # --- reading ------------------------------------------------------------------------------
-    def _read_loop(self) -> None:
-        reason = "FreeSWITCH closed the session"
-        try:
-            while not self.closed.is_set():
-                data = self.sock.recv(RECV_BYTES)
-                if not data:
-                    if self._reader.buffered:
-                        reason = "FreeSWITCH closed the session mid-frame (%d bytes unparsed)" % self._reader.buffered
-                    break
-                for frame in self._reader.feed(data):
-                    self._dispatch(frame)
-        except FrameError as exc:
-            reason = "unreadable ESL stream: %s" % exc
-            logger.error("call %s: dropping the outbound session: %s", self.label, reason)
-        except OSError as exc:
-            reason = "socket error: %s" % exc
-        finally:
-            self.close(reason)
-
-    def _dispatch(self, frame: Frame) -> None:
+    def _on_frame(self, frame: Frame) -> None:
         content_type = frame.content_type
-        if content_type in (vocab.COMMAND_REPLY, vocab.API_RESPONSE):
-            if self._pending:
-                self._pending.pop(0).set(frame)
-            else:
-                logger.warning("call %s: ESL reply with no command waiting for it: %r", self.label, frame)
-        elif content_type == vocab.EVENT_PLAIN:
+        if content_type == vocab.EVENT_PLAIN:
             try:
                 event = parse_event_plain(frame.body)
             except EventParseError as exc:
@@ -303,8 +230,7 @@ class OutboundSession:
                              frame.headers.get("Linger-Time", "?"))
             else:
                 # The goodbye: FreeSWITCH closes right after it and answers nothing more.
-                self._gone = "FreeSWITCH said goodbye"
-                self._fail_pending(SessionGone("FreeSWITCH ended the session"))
+                self.refuse_commands("FreeSWITCH said goodbye")
                 logger.debug("call %s: FreeSWITCH ended the session", self.label)
         elif content_type != vocab.LOG_DATA:
             logger.warning("call %s: ignoring an ESL frame of unknown type %r", self.label, content_type)
@@ -323,10 +249,6 @@ class OutboundSession:
             if wanted:
                 self._waiters.remove(entry)
                 waiter.set(event)
-
-    def _reader_crashed(self, greenlet: gevent.Greenlet) -> None:
-        logger.error("call %s: outbound session reader crashed: %r", self.label, greenlet.exception)
-        self.close("reader crashed")
 
 
 class OutboundServer:
@@ -394,7 +316,6 @@ class OutboundServer:
         self.sessions.add(session)
         self.sessions_total += 1
         try:
-            _tune(sock)
             session.start()
             if len(self.sessions) > self.max_sessions:
                 self.sessions_shed += 1
@@ -430,16 +351,6 @@ class OutboundServer:
         except Exception:
             self.handler_errors += 1
             logger.exception("call %s: routing handler failed; the call continues in the dialplan", session.label)
-
-
-def _tune(sock: socket.socket) -> None:
-    # Commands are small and each waits for its reply: Nagle plus delayed ACKs would add ~40 ms each.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    # A held session may sit idle for a whole call; keepalive finds a FreeSWITCH that vanished.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
-        if hasattr(socket, name):
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 __all__ = ["OutboundServer", "OutboundSession", "OutboundError", "SessionGone", "SessionTimeout",

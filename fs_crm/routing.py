@@ -29,8 +29,8 @@ from fs_crm import vocab
 from fs_crm.commands import FreeswitchCommands
 from fs_crm.config import AccountConfig, RoutingConfig
 from fs_crm.crm import CrmClient, CrmError
-from fs_crm.esl import EslError
 from fs_crm.eslparse import Event
+from fs_crm.eslsession import EslError
 from fs_crm.outbound import OutboundSession, SessionCommandError
 from fs_crm.phones import digits_of
 from fs_crm.statuses import UserStatuses
@@ -39,7 +39,8 @@ logger = logging.getLogger(__name__)
 
 # What a caller id must look like before it is sent to the CRM (freeswitch-esl.md section 4.4).
 PHONE = re.compile(r"\+?[0-9]{3,20}")
-# The `sofia_contact` check shares the command connection; a slow answer means "unknown".
+# The `sofia_contact` check goes on the fast command lane (never behind a listing); a slow answer
+# means "unknown".
 REGISTRATION_TIMEOUT = 0.5
 # After the hangup FreeSWITCH keeps the socket this long for the last events, then closes it.
 LINGER_SECONDS = 5

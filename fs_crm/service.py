@@ -19,8 +19,9 @@ from fs_crm.clicktocall import ClickToCall
 from fs_crm.commands import FreeswitchCommands
 from fs_crm.config import Config
 from fs_crm.crm import CrmClient, RateLimiter
-from fs_crm.esl import EslConnection, EslError, EslListener
+from fs_crm.esl import EslConnection, EslListener
 from fs_crm.eslparse import Event
+from fs_crm.eslsession import EslError
 from fs_crm.history import HistorySender
 from fs_crm.http import HttpServer, build_app
 from fs_crm.outbound import OutboundServer
@@ -79,7 +80,8 @@ class Service:
         self._finished: list[CallRecord] = []
         self._finished_since: float | None = None
         accounts = {a.name: a for a in config.accounts}
-        # Commands (click-to-call, registration checks, status pushes) never share the event connection.
+        # Commands (click-to-call, registration checks, status pushes) never share the event connection,
+        # and the silent-call sweep's `show channels` goes on a lane of its own (fs_crm.commands).
         self.commands = FreeswitchCommands(config.freeswitch,
                                            spawn=lambda work: self._spawn("status-push-unsent", work))
         self.statuses = UserStatuses(self.outbox, accounts, self.commands)

@@ -11,7 +11,7 @@ import gevent.lock
 
 from fs_crm.commands import FreeswitchCommands
 from fs_crm.config import AccountConfig
-from fs_crm.esl import EslError
+from fs_crm.eslsession import EslError
 from fs_crm.outbox import Outbox
 
 logger = logging.getLogger(__name__)
