@@ -63,6 +63,12 @@ def canonical_phone(number: str | None, country: str) -> str:
     - anything not accepted (local numbers without area code, wrong lengths) comes back as
       clean_phone() returns it, so the CRM still shows what the PBX saw.
     """
+    return _canonical(number or "", country)
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _canonical(number: str, country: str) -> str:
+    # Cached on the raw spelling: it runs for every card and record, with a handful of numbers.
     cleaned = clean_phone(number)
     return _parse(cleaned, country) or cleaned
 

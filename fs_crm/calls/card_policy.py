@@ -25,8 +25,11 @@ RINGING_EVENTS = frozenset({vocab.CHANNEL_PROGRESS, vocab.CHANNEL_PROGRESS_MEDIA
 
 def may_card(call: Call, leg: Leg, name: str) -> bool:
     """Cheap test before the card logic: most events cannot produce a card."""
-    if name in (vocab.CHANNEL_HANGUP, vocab.CHANNEL_BRIDGE):
+    if name == vocab.CHANNEL_HANGUP:
         return True
+    if name == vocab.CHANNEL_BRIDGE:
+        # Only a phone that joined without ringing needs a card now (see _incoming_cards).
+        return any(m.role == ROLE_EXTENSION and not m.carded and not m.hung_up for m in call.legs.values())
     if name == vocab.CHANNEL_CREATE:
         return leg.role == ROLE_EXTERNAL and not call.out_card_sent
     return name in RINGING_EVENTS and leg.role == ROLE_EXTENSION and not leg.carded
