@@ -139,6 +139,30 @@ SCENARIOS: dict[str, Expected] = {
         cards=((OUT, ("100",), None), (HANGUP, ("100",), "answered")),
         history={"type": "out", "result": "answered", "code": "100", "userId": 1, "phone": CUSTOMER},
         talk=3),
+    # As blind_transfer, but 300's phone transfers by itself (SIP REFER, Refer-To: 200): 300 answers
+    # after 1 s and talks 2 s, 200 rings 1 s and talks 3 s. Same cards and record.
+    "refer_blind_transfer": Expected(
+        cards=((IN, ("300",), None), (HANGUP, ("300",), "answered"), (IN, ("200",), None),
+               (HANGUP, ("200",), "answered")),
+        history={"type": "in", "result": "answered", "code": "200", "userId": 2, "site": "shop2", "phone": CUSTOMER},
+        talk=5, waiting=2),
+    # 300 answers after 1 s, talks 2 s, puts the customer on hold (re-INVITE a=sendonly; FreeSWITCH
+    # plays hold music to him inside the bridge) for 2 s, takes him back and talks until 7 s after
+    # the answer. The customer never left his manager: hold is part of the conversation, not waiting.
+    "hold_and_resume": Expected(
+        cards=((IN, ("300",), None), (HANGUP, ("300",), "answered")),
+        history={"type": "in", "result": "answered", "code": "300", "userId": 3, "site": "shop2", "phone": CUSTOMER},
+        talk=7, waiting=1),
+    # FreeSWITCH's att_xfer from the phone (74998888881: *4 then 200, SIP INFO DTMF): 300 answers
+    # after 1 s and talks 1.5 s, dials the code; 200 rings 1 s and talks 2 s with 300 while the
+    # customer holds; 300 hangs up and the customer is put through to 200 until 8 s after the answer.
+    # As attended_transfer: every second after the answer is with a manager; the call is 200's.
+    # (74998888881 is not one of the account's external_phones, so there is no site.)
+    "att_xfer_feature_code": Expected(
+        cards=((IN, ("300",), None), (HANGUP, ("300",), "answered"), (IN, ("200",), None),
+               (HANGUP, ("200",), "answered")),
+        history={"type": "in", "result": "answered", "code": "200", "userId": 2, "phone": CUSTOMER},
+        talk=8, waiting=1),
 }
 
 

@@ -28,6 +28,13 @@ def _render(name: str, values: dict) -> str:
     return text
 
 
+def dtmf(keys: str, user: str, gap_ms: int = 200, first_cseq: int = 100) -> str:
+    """The SIPp steps of an answering phone pressing `keys` (SIP INFO, one a key), for a hole such as
+    keys_then_hang_up.part's {{keys}}; CSeqs from first_cseq on (that part's BYE is 200)."""
+    return "".join(_render("dtmf_info.part", {"key": key, "cseq": first_cseq + i, "user": user, "gap_ms": gap_ms})
+                   for i, key in enumerate(keys))
+
+
 class SippFailed(AssertionError):
     pass
 
@@ -114,11 +121,19 @@ class Sipp:
 
     # --- called parties: a phone, or the customer behind the carrier ---------------------------------
     def _called(self, who: str, port: int, behaviour: str, user: str, ring_ms: int = 1000,
-                talk_ms: int | None = None, bye_timeout_ms: int = 60000, calls: int = 1) -> Party:
+                talk_ms: int | None = None, bye_timeout_ms: int = 60000, calls: int = 1,
+                after_answer: tuple[str, dict] | None = None) -> Party:
         if behaviour == "answer":
-            hangs_up = talk_ms is not None
-            ending = (_render("hang_up_uas.part", {"talk_ms": talk_ms, "user": user}) if hangs_up
-                      else _render("wait_bye.part", {"bye_timeout_ms": bye_timeout_ms}))
+            # after_answer: (part, values) of tests/live/sipp/ the phone plays once it answered, in
+            # place of hanging up or waiting for BYE (in-dialog requests of its own: REFER, re-INVITE).
+            hangs_up = talk_ms is not None or after_answer is not None
+            if after_answer is not None:
+                part, values = after_answer
+                ending = _render(part, dict(values, user=user, bye_timeout_ms=bye_timeout_ms))
+            elif hangs_up:
+                ending = _render("hang_up_uas.part", {"talk_ms": talk_ms, "user": user})
+            else:
+                ending = _render("wait_bye.part", {"bye_timeout_ms": bye_timeout_ms})
             # SIPp refuses variables that are set and never used: capture only for our own BYE.
             capture = _render("capture_dialog.part", {}) if hangs_up else ""
             scenario = _render("answer.xml", {"ring_ms": ring_ms, "user": user, "ending": ending,
@@ -128,8 +143,9 @@ class Sipp:
         return self._start("%s-%s" % (who, behaviour), scenario, port, calls=calls)
 
     def phone(self, extension: str, behaviour: str, **timing) -> Party:
-        """behaviour: answer (after ring_ms; hangs up after talk_ms, or waits for BYE), ring, busy.
-        calls: how many calls this phone takes (at the same time or one after the other)."""
+        """behaviour: answer (after ring_ms; hangs up after talk_ms, or waits for BYE, or plays
+        after_answer), ring, busy. calls: how many calls this phone takes (at the same time or one
+        after the other)."""
         return self._called("phone%s" % extension, self.phone_ports[extension], behaviour, extension, **timing)
 
     def carrier(self, behaviour: str, **timing) -> Party:
