@@ -5,31 +5,10 @@ Each test plays one situation of tests/live/scenarios.py and checks what the fak
 
 from __future__ import annotations
 
-import gevent
-from scenarios import CUSTOMER, SCENARIOS, card_outcome, check_history
+from checks import assert_scenario, channel, finish, ringing, talk_for
+from scenarios import CUSTOMER, card_outcome
 
 from fs_crm.polling import wait_for
-
-
-def finish(live, *parties, timeout: float = 60.0) -> None:
-    for party in parties:
-        party.wait(timeout)
-    live.wait_idle()
-
-
-def assert_scenario(live, name: str) -> dict:
-    expected = SCENARIOS[name]
-    if expected.history is None:
-        live.wait_idle()
-        assert live.crm.calls == []
-        record = None
-    else:
-        [record] = live.wait_history(1)
-        assert check_history(record, expected) == [], record
-    wanted = card_outcome(expected.cards)
-    live.crm.wait_for(lambda: card_outcome(live.cards()) == wanted, timeout=10)
-    assert card_outcome(live.cards()) == wanted, live.cards()
-    return record
 
 
 def test_given_ring_group_when_one_manager_answers_then_cards_for_both_and_history_for_him(live):
@@ -117,22 +96,8 @@ def test_given_call_forwarded_to_managers_mobile_then_that_manager_answered(live
     assert_scenario(live, "forward_to_mobile")
 
 
-def channel(live, name_part: str, timeout: float = 10.0) -> dict:
-    """The live channel whose name contains `name_part`, once FreeSWITCH lists it as talking."""
-    found: list[dict] = []
-
-    def active() -> bool:
-        found[:] = [c for c in live.pbx.channels()
-                    if name_part in (c["name"], c["uuid"]) or name_part in c["name"] and c["callstate"] == "ACTIVE"]
-        return bool(found)
-
-    assert wait_for(active, timeout=timeout, interval=0.05), live.pbx.channels()
-    return found[0]
 
 
-def talk_for(seconds: float) -> None:
-    """The conversation itself: the scenario's time passing, not a wait for a condition."""
-    gevent.sleep(seconds)
 
 
 def test_given_blind_transfer_when_customer_talks_to_two_managers_then_talk_counts_both(live):
@@ -166,9 +131,6 @@ def test_given_freeswitch_killed_mid_call_when_it_restarts_then_call_reported_on
         live.phones.register_all()
 
 
-def ringing(live, name_part: str, timeout: float = 10.0) -> None:
-    assert wait_for(lambda: any(name_part in c["name"] and c["callstate"] in ("RINGING", "EARLY")
-                                for c in live.pbx.channels()), timeout=timeout, interval=0.05), live.pbx.channels()
 
 
 def test_given_colleague_picks_up_a_ringing_call_then_history_names_him(live):

@@ -4,39 +4,17 @@ feature code the phone dials (SIP INFO DTMF). Expectations are tests/live/scenar
 
 from __future__ import annotations
 
-from scenarios import CUSTOMER, SCENARIOS, card_outcome, check_history
+from checks import assert_scenario, channel, finish
+from scenarios import CUSTOMER
 from sipp import dtmf
-
-from fs_crm.polling import wait_for
 
 HOLD_MUSIC = "tone_stream://%(1000,4000,440)"
 
 
-def finish(live, *parties, timeout: float = 30.0) -> None:
-    for party in parties:
-        party.wait(timeout)
-    live.wait_idle()
 
 
-def assert_scenario(live, name: str) -> dict:
-    expected = SCENARIOS[name]
-    [record] = live.wait_history(1)
-    assert check_history(record, expected) == [], record
-    wanted = card_outcome(expected.cards)
-    live.crm.wait_for(lambda: card_outcome(live.cards()) == wanted, timeout=10)
-    assert card_outcome(live.cards()) == wanted, live.cards()
-    return record
 
 
-def active_channel(live, name_part: str, timeout: float = 10.0) -> dict:
-    found: list[dict] = []
-
-    def active() -> bool:
-        found[:] = [c for c in live.pbx.channels() if name_part in c["name"] and c["callstate"] == "ACTIVE"]
-        return bool(found)
-
-    assert wait_for(active, timeout=timeout, interval=0.05), live.pbx.channels()
-    return found[0]
 
 
 def test_given_phone_transfers_by_refer_when_colleague_answers_then_talk_counts_both_and_call_is_his(live):
@@ -60,7 +38,7 @@ def test_given_manager_holds_and_resumes_then_hold_is_part_of_his_conversation(l
                              after_answer=("hold.part", {"talk_ms": 2000, "hold_ms": 2000}))
     customer = live.phones.customer_calls("74998888888", CUSTOMER, talk_ms=7000)
     # A PBX's hold music (vanilla sets it globally); this build has no mod_local_stream for the default.
-    phone = active_channel(live, "sofia/local/300")
+    phone = channel(live, "sofia/local/300")
     assert "+OK" in live.pbx.api("uuid_setvar %s hold_music %s" % (phone["uuid"], HOLD_MUSIC))
     finish(live, customer, oleg)
     assert_scenario(live, "hold_and_resume")

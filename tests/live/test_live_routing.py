@@ -11,7 +11,8 @@ from datetime import datetime
 
 import pytest
 import requests
-from scenarios import CUSTOMER, Expected, card_outcome, check_history
+from checks import assert_expected, finish
+from scenarios import CUSTOMER, Expected
 
 from fs_crm.crm import MANAGER_PATH
 from fs_crm.polling import wait_for
@@ -24,10 +25,6 @@ MESSAGE = re.compile(r"^-{20,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\n(?:UDP|TCP
                      r"[^\n]*\n\n([^\n]*)", re.M)
 
 
-def finish(live, *parties, timeout: float = 30.0) -> None:
-    for party in parties:
-        party.wait(timeout)
-    live.wait_idle()
 
 
 def sip_log(party) -> list[tuple[datetime, str, str]]:
@@ -42,13 +39,6 @@ def received(party, method: str) -> list[datetime]:
     return [at for at, way, line in sip_log(party) if way == "received" and line.startswith(method + " ")]
 
 
-def assert_call(live, expected: Expected) -> dict:
-    [record] = live.wait_history(1)
-    assert check_history(record, expected) == [], record
-    wanted = card_outcome(expected.cards)
-    live.crm.wait_for(lambda: card_outcome(live.cards()) == wanted, timeout=10)
-    assert card_outcome(live.cards()) == wanted, live.cards()
-    return record
 
 
 def test_given_responsible_manager_does_not_answer_when_customer_calls_then_he_rings_his_full_timeout_and_reception_answers(live):  # noqa: E501
@@ -72,7 +62,7 @@ def test_given_responsible_manager_does_not_answer_when_customer_calls_then_he_r
 
     # 100 missed it (his own ringing timed out; nobody took it from him while he rang), then the
     # call was 400's: answered, waiting = 100's ringing + 400's, talk = the 2 s with 400.
-    assert_call(live, Expected(
+    assert_expected(live, Expected(
         cards=(("in", ("100",), None), ("hangup", ("100",), "no answered"),
                ("in", ("400",), None), ("hangup", ("400",), "answered")),
         history={"type": "in", "result": "answered", "code": "400", "userId": 4, "phone": CUSTOMER},
@@ -86,7 +76,7 @@ def test_given_responsible_manager_answers_when_he_hangs_up_then_call_is_his_and
     reception = live.phones.phone("400", "ring")
     customer = live.phones.customer_calls(ROUTED, CUSTOMER)  # waits for the BYE
     finish(live, customer, ivan)
-    record = assert_call(live, Expected(
+    record = assert_expected(live, Expected(
         cards=(("in", ("100",), None), ("hangup", ("100",), "answered")),
         history={"type": "in", "result": "answered", "code": "100", "userId": 1, "phone": CUSTOMER},
         talk=2, waiting=1))
@@ -115,7 +105,7 @@ def test_given_crm_cannot_name_the_manager_when_customer_calls_then_reception_an
     assert len(received(reception, "ACK")) == 1, sip_log(reception)
     assert not ivan.done and received(ivan, "INVITE") == [], sip_log(ivan)
     assert live.service.router.decisions["fallback"] == 1, live.service.router.decisions
-    assert_call(live, Expected(
+    assert_expected(live, Expected(
         cards=(("in", ("400",), None), ("hangup", ("400",), "answered")),
         history={"type": "in", "result": "answered", "code": "400", "userId": 4, "phone": CUSTOMER},
         talk=2, waiting=1 + (0 if failure == "crm_error_500" else round(manager_timeout))))
