@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CUSTOMER = "79121234567"
+# How long the router's manager rings before the fallback (tests/live/pbx.py router_call_timeout).
+SCENARIO_CALL_TIMEOUT = 6
 # The CRM account of the test PBX (tests/live/pbx/): users 1-4 have extensions 100-400; calls fs-crm
 # cannot route go to `reception` (400).
 DOMAIN = "pbx.test"
@@ -32,6 +34,8 @@ class Expected:
     # The stream ends because FreeSWITCH died: the replay has the event socket break this many
     # seconds after the last event, then finds no channel left (as fs-crm does on reconnecting).
     connection_lost_after: float | None = None
+    # Several customers' calls at once, each expected to look like this.
+    calls: int = 1
 
 
 IN, OUT, HANGUP = "in", "out", "hangup"
@@ -163,6 +167,34 @@ SCENARIOS: dict[str, Expected] = {
                (HANGUP, ("200",), "answered")),
         history={"type": "in", "result": "answered", "code": "200", "userId": 2, "phone": CUSTOMER},
         talk=8, waiting=1),
+    # Routed by fs-crm (74997777777): the CRM names 100, who rings his whole call_timeout and
+    # misses it; the fallback, reception (400), rings 1 s and talks 2 s. 100 missed a call that
+    # timed out; the call is 400's.
+    "routed_manager_no_answer": Expected(
+        cards=((IN, ("100",), None), (HANGUP, ("100",), "no answered"), (IN, ("400",), None),
+               (HANGUP, ("400",), "answered")),
+        history={"type": "in", "result": "answered", "code": "400", "userId": 4, "phone": CUSTOMER},
+        talk=2, waiting=SCENARIO_CALL_TIMEOUT + 1),
+    # Routed to 100, who answers after 1 s and ends the call 2 s later; the fallback never runs.
+    "routed_manager_answers": Expected(
+        cards=((IN, ("100",), None), (HANGUP, ("100",), "answered")),
+        history={"type": "in", "result": "answered", "code": "100", "userId": 1, "phone": CUSTOMER},
+        talk=2, waiting=1),
+    # The CRM answers the manager lookup with 500, or later than manager_timeout (1.5 s): the
+    # call goes to reception at once, or after the deadline.
+    "routed_crm_failed": Expected(
+        cards=((IN, ("400",), None), (HANGUP, ("400",), "answered")),
+        history={"type": "in", "result": "answered", "code": "400", "userId": 4, "phone": CUSTOMER},
+        talk=2, waiting=1),
+    "routed_crm_slow": Expected(
+        cards=((IN, ("400",), None), (HANGUP, ("400",), "answered")),
+        history={"type": "in", "result": "answered", "code": "400", "userId": 4, "phone": CUSTOMER},
+        talk=2, waiting=3),
+    # Two customers ring shop1's group at once (100 and 200 ring for both); both give up: two
+    # calls, each with its own cards for both phones.
+    "ringgroup_two_customers": Expected(
+        cards=((IN, ("100", "200"), None), (HANGUP, ("100", "200"), "no answered")),
+        history={"type": "in", "result": "no answer", "site": "shop1"}, calls=2),
 }
 
 

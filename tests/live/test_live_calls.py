@@ -159,6 +159,7 @@ def test_given_call_parked_and_retrieved_by_colleague_then_both_conversations_co
 
 
 def test_given_two_customers_ring_the_same_group_then_two_calls_each_with_its_cards(live):
+    live.capture_as("ringgroup_two_customers")
     ivan = live.phones.phone("100", "ring", calls=2)
     anna = live.phones.phone("200", "ring", calls=2)
     first = live.phones.customer_calls("74999999999", CUSTOMER, then="give_up", wait_ms=4000)

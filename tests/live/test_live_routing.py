@@ -11,8 +11,8 @@ from datetime import datetime
 
 import pytest
 import requests
-from checks import assert_expected, finish
-from scenarios import CUSTOMER, Expected
+from checks import assert_scenario, finish
+from scenarios import CUSTOMER, SCENARIO_CALL_TIMEOUT
 
 from fs_crm.crm import MANAGER_PATH
 from fs_crm.polling import wait_for
@@ -42,6 +42,7 @@ def received(party, method: str) -> list[datetime]:
 
 
 def test_given_responsible_manager_does_not_answer_when_customer_calls_then_he_rings_his_full_timeout_and_reception_answers(live):  # noqa: E501
+    live.capture_as("routed_manager_no_answer")
     live.crm.managers[CUSTOMER] = IVAN
     ivan = live.phones.phone("100", "ring")
     reception = live.phones.phone("400", "answer", ring_ms=1000)
@@ -60,26 +61,19 @@ def test_given_responsible_manager_does_not_answer_when_customer_calls_then_he_r
     # same millisecond; two processes log them): the fallback never cut the manager short.
     assert (received(reception, "INVITE")[0] - cancelled).total_seconds() > -0.1
 
-    # 100 missed it (his own ringing timed out; nobody took it from him while he rang), then the
-    # call was 400's: answered, waiting = 100's ringing + 400's, talk = the 2 s with 400.
-    assert_expected(live, Expected(
-        cards=(("in", ("100",), None), ("hangup", ("100",), "no answered"),
-               ("in", ("400",), None), ("hangup", ("400",), "answered")),
-        history={"type": "in", "result": "answered", "code": "400", "userId": 4, "phone": CUSTOMER},
-        talk=2, waiting=live.pbx.router_call_timeout + 1))
+    assert timeout == SCENARIO_CALL_TIMEOUT
+    assert_scenario(live, "routed_manager_no_answer")
     assert live.service.router.decisions["manager"] == 1, live.service.router.decisions
 
 
 def test_given_responsible_manager_answers_when_he_hangs_up_then_call_is_his_and_fallback_never_runs(live):
+    live.capture_as("routed_manager_answers")
     live.crm.managers[CUSTOMER] = IVAN
     ivan = live.phones.phone("100", "answer", ring_ms=1000, talk_ms=2000)  # the manager ends the call
     reception = live.phones.phone("400", "ring")
     customer = live.phones.customer_calls(ROUTED, CUSTOMER)  # waits for the BYE
     finish(live, customer, ivan)
-    record = assert_expected(live, Expected(
-        cards=(("in", ("100",), None), ("hangup", ("100",), "answered")),
-        history={"type": "in", "result": "answered", "code": "100", "userId": 1, "phone": CUSTOMER},
-        talk=2, waiting=1))
+    record = assert_scenario(live, "routed_manager_answers")
     # Had the queued `transfer reception` run after the bridge, 400 would have rung by now (the
     # customer hung up only once the call was over, which wait_idle saw).
     assert not reception.done and received(reception, "INVITE") == [], sip_log(reception)
@@ -88,6 +82,7 @@ def test_given_responsible_manager_answers_when_he_hangs_up_then_call_is_his_and
 
 @pytest.mark.parametrize("failure", ["crm_error_500", "crm_slower_than_manager_timeout"])
 def test_given_crm_cannot_name_the_manager_when_customer_calls_then_reception_answers(live, failure):
+    live.capture_as("routed_crm_failed" if failure == "crm_error_500" else "routed_crm_slow")
     live.crm.managers[CUSTOMER] = IVAN  # what a working CRM would say: ring 100
     manager_timeout = live.service.config.routing.manager_timeout
     if failure == "crm_error_500":
@@ -105,10 +100,8 @@ def test_given_crm_cannot_name_the_manager_when_customer_calls_then_reception_an
     assert len(received(reception, "ACK")) == 1, sip_log(reception)
     assert not ivan.done and received(ivan, "INVITE") == [], sip_log(ivan)
     assert live.service.router.decisions["fallback"] == 1, live.service.router.decisions
-    assert_expected(live, Expected(
-        cards=(("in", ("400",), None), ("hangup", ("400",), "answered")),
-        history={"type": "in", "result": "answered", "code": "400", "userId": 4, "phone": CUSTOMER},
-        talk=2, waiting=1 + (0 if failure == "crm_error_500" else round(manager_timeout))))
+    assert manager_timeout == 1.5  # the default, which routed_crm_slow's waiting time assumes
+    assert_scenario(live, "routed_crm_failed" if failure == "crm_error_500" else "routed_crm_slow")
 
 
 def status_flag(live, extension: str) -> str:
