@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import gevent
@@ -95,7 +95,6 @@ class Live:
     service: Service
     recorder: Recorder
     capture_name: str | None = None
-    parties: list = field(default_factory=list)
 
     def capture_as(self, name: str) -> None:
         self.capture_name = name

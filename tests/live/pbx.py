@@ -29,7 +29,7 @@ def installed() -> bool:
     return BINARY.exists() and shutil.which("sipp") is not None
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
+def free_port() -> int:
     """A port free for both TCP and UDP (SIP listens on both)."""
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
