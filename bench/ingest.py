@@ -97,7 +97,7 @@ def build_stream() -> tuple[list[bytes], bytes, int]:
 def stage_costs(bodies: list[bytes]) -> dict[str, float]:
     """Microseconds per event of each stage of fs-crm's handler, run directly (no socket, no profiler).
     Finished calls are committed once per RECV_BYTES of events, as if every socket read were followed
-    by an idle reader (the service groups more under a flood: see service.GROUP_COMMIT_SECONDS)."""
+    by an idle reader (the service's saver groups more under a flood: fs_crm.store.saver)."""
     state_dir = Path(tempfile.mkdtemp(prefix="fs-crm-bench-stages-"))
     config = parse_config("<bench>", config_table("127.0.0.1", 1, "http://127.0.0.1:9", state_dir), env={})
     parse = track = store = 0.0
@@ -237,8 +237,9 @@ def run_fscrm(blaster: Blaster, events: int, profiler: cProfile.Profile | None =
         handle(event)
         counter.tick()
 
-    # As in the service: the finished calls of one socket read go to the outbox in one commit.
-    conn = EslConnection(config.freeswitch, on_event, service.on_read_done)
+    # As in the service: the saver commits what finished whenever the reader yields.
+    saver = gevent.spawn(service.saver.run)
+    conn = EslConnection(config.freeswitch, on_event, service.saver.save_soon)
     if profiler is not None:
         profiler.enable()
     try:
@@ -249,6 +250,9 @@ def run_fscrm(blaster: Blaster, events: int, profiler: cProfile.Profile | None =
         if profiler is not None:
             profiler.disable()
     conn.stop()
+    service.saver.stop()
+    saver.join()
+    service.saver.save_once()
     stats = service.outbox.stats()
     service.outbox.close()
     for client in service.clients.values():

@@ -58,6 +58,10 @@ class HttpConfig:
 @dataclass(frozen=True)
 class StateConfig:
     dir: Path = Path("/var/lib/fs-crm")
+    # Calls in progress tracked at most: a flood of calls that never end (or lost hangup events)
+    # must not grow memory without bound. Beyond it the longest-silent calls are finished as
+    # orphans, with a warning, and reported with what is known of them.
+    max_calls_in_progress: int = 50_000
 
 
 @dataclass(frozen=True)
@@ -386,7 +390,9 @@ def parse_config(path: str, data: Mapping[str, Any], env: Mapping[str, str] | No
     r.check_unknown()
 
     r = _Reader(path, "state", data.get("state", {}))
-    state = StateConfig(dir=Path(r.str("dir", str(StateConfig.dir))))
+    state = StateConfig(dir=Path(r.str("dir", str(StateConfig.dir))),
+                        max_calls_in_progress=r.number("max_calls_in_progress", StateConfig.max_calls_in_progress,
+                                                       minimum=1, integer=True))
     r.check_unknown()
 
     r = _Reader(path, "delivery", data.get("delivery", {}))

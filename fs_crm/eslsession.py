@@ -262,6 +262,9 @@ class EslSession:
                     else:
                         self._on_frame(frame)
                 self._after_read()
+                # A socket that always has more bytes never makes recv() wait, so the reader would
+                # never give the hub a turn: cards, /healthz and the saver would starve under a flood.
+                gevent.sleep(0)
         except FrameError as exc:
             reason = "unreadable ESL stream: %s" % exc
             logger.error("%s: dropping the connection: %s", self.log_name, reason)

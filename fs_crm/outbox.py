@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FILE_NAME = "outbox.sqlite3"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 PENDING = "pending"
 HELD = "held"
 FAILED = "failed"
@@ -109,7 +109,16 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (account, extension)
     ) WITHOUT ROWID
     """,
+    # 5: calls in progress one row each, so a save writes what changed, never the whole set.
+    """
+    CREATE TABLE calls_in_progress (
+        id TEXT PRIMARY KEY,
+        value TEXT NOT NULL                    -- JSON, fs_crm.calls.reconcile.call_data
+    ) WITHOUT ROWID
+    """,
 )
+# Until schema 5 the calls in progress were one document in `state`; it is read once and dropped.
+LEGACY_CALLS_IN_PROGRESS = "calls-in-progress"
 
 _COLUMNS = "id, account, external_id, payload, attempts, created_at, last_error, state, next_attempt_at"
 
@@ -431,6 +440,48 @@ class Outbox:
         with self._write("prune_delivered") as db:
             return db.execute("DELETE FROM delivered WHERE delivered_at < ?", (older_than,)).rowcount
 
+    # --- calls in progress and finished calls, saved together ----------------------------------------
+
+    def persist(self, calls: Sequence[NewCall], changed: dict[str, dict], gone: Iterable[str]) -> list[bool]:
+        """In one transaction: queue finished calls, save calls in progress that changed, forget
+        those gone. A finished call leaves the saved calls in progress in the very commit that
+        queues it, so after any crash it is in one place or the other, never in neither.
+        Returns, per finished call, whether it was new (see add_calls)."""
+        for call in calls:
+            if not call.account or not call.external_id:
+                raise ValueError("account and external_id must not be empty")
+        now = self._clock()
+        gone = [(call_id,) for call_id in gone]
+        rows = [(call_id, json.dumps(data, ensure_ascii=False, separators=(",", ":")))
+                for call_id, data in changed.items()]
+        with self._write("save %d finished and %d changed call(s)" % (len(calls), len(rows) + len(gone))) as db:
+            added = [self._insert(db, call, now) for call in calls]
+            if gone:
+                db.executemany("DELETE FROM calls_in_progress WHERE id = ?", gone)
+            if rows:
+                db.executemany("INSERT INTO calls_in_progress (id, value) VALUES (?, ?)"
+                               " ON CONFLICT (id) DO UPDATE SET value = excluded.value", rows)
+            db.execute("DELETE FROM state WHERE name = ?", (LEGACY_CALLS_IN_PROGRESS,))
+            return added
+
+    def calls_in_progress(self) -> list[dict]:
+        """The saved calls in progress (rows of reconcile.call_data), with those of a pre-5 document."""
+        with self._read("calls_in_progress") as db:
+            rows = db.execute("SELECT value FROM calls_in_progress").fetchall()
+        calls = []
+        for (text,) in rows:
+            try:
+                value = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                calls.append(value)
+        legacy = self.load_state(LEGACY_CALLS_IN_PROGRESS)
+        if legacy and isinstance(legacy.get("calls"), list):
+            known = {call.get("id") for call in calls}
+            calls.extend(c for c in legacy["calls"] if isinstance(c, dict) and c.get("id") not in known)
+        return calls
+
     # --- service state ----------------------------------------------------------------------------
 
     def save_state(self, name: str, value: dict) -> None:
@@ -455,7 +506,7 @@ class Outbox:
     # --- calls waiting for their recording ----------------------------------------------------
 
     def release(self, account: str, external_id: str, updates: dict | None = None) -> bool:
-        """A held call may go to the CRM now, with `updates` (e.g. recordUrl) merged into it.
+        """A held call may go to the CRM now, with `updates` merged into it (a None value removes the key).
         False when it was not held (already released, or delivered)."""
         with self._write("release %s/%s" % (account, external_id)) as db:
             return self._release(db, account, external_id, updates)
@@ -466,7 +517,11 @@ class Outbox:
         if row is None:
             return False
         payload = json.loads(row[1])
-        payload.update(updates or {})
+        for key, value in (updates or {}).items():
+            if value is None:
+                payload.pop(key, None)  # e.g. the recordUrl of a recording that will never be stored
+            else:
+                payload[key] = value
         db.execute("UPDATE outbox SET state = 'pending', payload = ?, next_attempt_at = ? WHERE id = ?",
                    (json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True),
                     self._clock(), row[0]))

@@ -20,13 +20,14 @@ import gevent
 import gevent.event
 
 from fs_crm.config import DeliveryConfig, StorageConfig
-from fs_crm.outbox import Outbox, RecordingJob
+from fs_crm.outbox import Outbox, OutboxError, RecordingJob
 from recordings.base import RecordingNotFound, RecordingStore, StorageUnavailable
 from recordings.tokens import RecordingLinks
 
 logger = logging.getLogger(__name__)
 
 IDLE_RECHECK = 30.0
+STORE_RETRY = 5.0
 
 
 class RecordingUploader:
@@ -52,11 +53,17 @@ class RecordingUploader:
     def run(self) -> None:
         while not self._stopping:
             self._wake.clear()
-            for job in self.outbox.due_recordings():
-                if self._stopping:
-                    return
-                self.upload(job)
-            next_at = self.outbox.next_recording_due_at()
+            try:
+                for job in self.outbox.due_recordings():
+                    if self._stopping:
+                        return
+                    self.upload(job)
+                next_at = self.outbox.next_recording_due_at()
+            except OutboxError as exc:
+                # The state disk fails (the service's saver reports it); a file stored but not marked
+                # is stored again, under the same name, next time.
+                logger.debug("recording uploads pause, the outbox cannot be used: %s", exc)
+                next_at = self.clock() + STORE_RETRY
             wait = IDLE_RECHECK if next_at is None else max(0.0, min(IDLE_RECHECK, next_at - self.clock()))
             self._wake.wait(timeout=wait)
 
@@ -71,7 +78,7 @@ class RecordingUploader:
         except RecordingNotFound as exc:
             logger.error("call %s account %s: recording %s cannot be read (%s); the call goes to the CRM without "
                          "a recording", job.external_id, job.account, job.path, exc)
-            if self.outbox.finish_recording(job):
+            if self.outbox.finish_recording(job, {"recordUrl": None}):
                 self.on_released()
             return
         except StorageUnavailable as exc:
@@ -90,8 +97,8 @@ class RecordingUploader:
             logger.info("call %s account %s: recording stored (%d bytes); history released with its recordUrl",
                         job.external_id, job.account, stored.size)
         else:
-            logger.info("call %s account %s: recording stored (%d bytes) after the call had gone to the CRM "
-                        "without it", job.external_id, job.account, stored.size)
+            logger.info("call %s account %s: recording stored (%d bytes) after the call had gone to the CRM; "
+                        "its recordUrl plays from now on", job.external_id, job.account, stored.size)
         if self.storage.delete_local:
             try:
                 os.remove(job.path)

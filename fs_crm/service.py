@@ -25,11 +25,13 @@ from fs_crm.eslsession import EslError
 from fs_crm.history import HistorySender
 from fs_crm.http import HttpServer, build_app
 from fs_crm.outbound import OutboundServer
-from fs_crm.outbox import NewCall, Outbox, RecordingFile
+from fs_crm.outbox import NewCall, Outbox, OutboxError, RecordingFile
 from fs_crm.payloads import CallEvent, CallRecord
 from fs_crm.recording_uploads import RecordingUploader
 from fs_crm.routing import CallRouter
 from fs_crm.statuses import UserStatuses
+from fs_crm.store.offhub import OffHubOutbox
+from fs_crm.store.saver import StateSaver
 from recordings.base import RecordingStore, content_type_of
 from recordings.local import LocalStore
 from recordings.playback import make_app as make_playback_app
@@ -43,11 +45,6 @@ ORPHAN_GRACE_SECONDS = 3.0
 HOUSEKEEPING_INTERVAL = 1.0
 SWEEP_INTERVAL = 600.0
 SILENT_CALL_SECONDS = 3600.0
-# Finished calls go to disk when the ESL reader has drained the socket; under a flood of events it
-# never waits, so they go at least this often. Each commit is an fsync (~0.25 ms here): one per
-# socket read was a third of the ingestion time.
-GROUP_COMMIT_SECONDS = 0.05
-CALLS_IN_PROGRESS = "calls-in-progress"
 
 
 class StartupError(Exception):
@@ -59,7 +56,7 @@ class Service:
         self.config = config
         self.clock = clock
         config.state.dir.mkdir(parents=True, exist_ok=True)
-        self.outbox = Outbox(config.state.dir / "outbox.sqlite3")
+        self.outbox = OffHubOutbox(Outbox(config.state.dir / "outbox.sqlite3"))
         # Accounts that share an API key share its rate budget.
         limiters: dict[str, RateLimiter] = {}
         self.clients: dict[str, CrmClient] = {}
@@ -70,15 +67,13 @@ class Service:
         self.cards = CardSender(self.clients, config.delivery, clock=clock)
         self.history = HistorySender(self.outbox, self.clients, config.delivery)
         self.tracker = CallTracker(config.accounts)
-        saved = self.outbox.load_state(CALLS_IN_PROGRESS)
+        saved = self.outbox.calls_in_progress()
         if saved:
-            count = self.tracker.restore(saved)
+            count = self.tracker.restore({"version": CallTracker.SNAPSHOT_VERSION, "calls": saved})
             logger.info("resumed %d call(s) that were in progress when fs-crm last stopped", count)
-        self._saved_changes = self.tracker.changes
+        self.saver = StateSaver(self.outbox, self.tracker, self._new_call, self._on_queued, clock=clock)
         self.listener = EslListener(config.freeswitch, self.on_event, self.on_connected,
-                                    on_read_done=self.on_read_done, clock=clock)
-        self._finished: list[CallRecord] = []
-        self._finished_since: float | None = None
+                                    on_read_done=self.saver.save_soon, clock=clock)
         accounts = {a.name: a for a in config.accounts}
         # Commands (click-to-call, registration checks, status pushes) never share the event connection,
         # and the silent-call sweep's `show channels` goes on a lane of its own (fs_crm.commands).
@@ -112,51 +107,30 @@ class Service:
     def on_event(self, event: Event) -> None:
         self._apply(self.tracker.handle(event))
 
-    def on_read_done(self) -> None:
-        """After all events of one socket read. Finished calls go to disk in one commit as soon as
-        the reader waits for more bytes (the hub then runs the callback), or once they have waited
-        GROUP_COMMIT_SECONDS while the reader never had to wait."""
-        if not self._finished:
-            return
-        now = time.monotonic()
-        if self._finished_since is None:
-            self._finished_since = now
-            gevent.get_hub().loop.run_callback(self._flush_finished)
-        elif now - self._finished_since >= GROUP_COMMIT_SECONDS:
-            self._flush_finished()
-
-    def _flush_finished(self) -> None:
-        self._finished_since = None
-        if self._finished:
-            self._queue_history()
-
     def _apply(self, effects: list[CallEvent | CallRecord]) -> None:
         for effect in effects:
             if isinstance(effect, CallEvent):
                 self.cards.submit(effect)
             else:
-                self._finished.append(effect)
+                self.saver.add_finished(effect)
 
-    def _queue_history(self) -> None:
-        """History is on disk before anything else happens to it. A call with a recording waits
-        (held) until the recording is stored, at most storage.max_wait."""
-        records, self._finished = self._finished, []
-        hold_until = self.clock() + self.config.storage.max_wait
-        new_calls = []
-        for record in records:
-            name = self._recording_name(record)
-            recording = (RecordingFile(record.recording_path, name, content_type_of(record.recording_path))
-                         if name else None)
-            new_calls.append(NewCall(record.account, record.external_id, record.to_api(), recording, hold_until))
-        added = self.outbox.add_calls(new_calls)
-        for record, new in zip(records, added, strict=True):
-            if not new:
-                logger.info("call %s account %s: already queued or delivered; not queued again",
-                            record.external_id, record.account)
-        if any(added):
-            self.history.wake()
-            if self.recordings is not None:
-                self.recordings.wake()
+    def _new_call(self, record: CallRecord) -> NewCall:
+        """A finished call as the outbox keeps it. A call with a recording waits (held) until the
+        recording is stored, at most storage.max_wait. Its recordUrl is decided now: a pure function
+        of the object name and the secret, so a recording stored after the wait still plays."""
+        payload = record.to_api()
+        name = self._recording_name(record)
+        if not name:
+            return NewCall(record.account, record.external_id, payload)
+        payload["recordUrl"] = self.recordings.links.url(name)
+        return NewCall(record.account, record.external_id, payload,
+                       RecordingFile(record.recording_path, name, content_type_of(record.recording_path)),
+                       self.clock() + self.config.storage.max_wait)
+
+    def _on_queued(self) -> None:
+        self.history.wake()
+        if self.recordings is not None:
+            self.recordings.wake()
 
     def _recording_name(self, record: CallRecord) -> str | None:
         if not record.recording_path or self.recordings is None:
@@ -187,11 +161,12 @@ class Service:
     def _live_channels(api: Callable[[str], str]) -> list | None:
         try:
             text = api("show channels as json")
-            data = json.loads(text) if text.strip() else {}
         except EslError as exc:
             logger.warning("could not list live channels: %s", exc)
             return None
-        except ValueError:
+        # Megabytes with many calls in progress: parsed in a thread, so the hub keeps serving.
+        data = gevent.get_hub().threadpool.apply(_json_or_none, (text,)) if text.strip() else {}
+        if data is None:
             logger.warning("`show channels as json` did not answer JSON; skipping reconciliation")
             return None
         rows = data.get("rows") if isinstance(data, dict) else None
@@ -209,30 +184,23 @@ class Service:
         while not self._stop.wait(timeout=HOUSEKEEPING_INTERVAL):
             if self.clock() - last_sweep > SWEEP_INTERVAL and self.tracker.active_calls():
                 last_sweep = self.clock()
-                gevent.spawn(self._sweep_silent_calls)
+                self._spawn("silent-call-sweep", self._sweep_silent_calls)
             now_us = int(self.clock() * 1_000_000)
             self._apply(self.tracker.expire_orphans(now_us, int(ORPHAN_GRACE_SECONDS * 1_000_000)))
-            self._save_calls_in_progress()
-            self._give_up_waiting_for_recordings()
+            self._apply(self.tracker.shed_excess(self.config.state.max_calls_in_progress, now_us))
+            try:
+                self._give_up_waiting_for_recordings()
+            except OutboxError as exc:
+                logger.debug("cannot look at calls waiting for recordings now: %s", exc)  # the saver reports the disk
 
     def _give_up_waiting_for_recordings(self) -> None:
         for item in self.outbox.expired_holds():
             if self.outbox.release(item.account, item.external_id):
                 logger.warning("call %s account %s: recording not stored within %.0fs (storage: %s); the call "
-                               "goes to the CRM without a recordUrl", item.external_id, item.account,
-                               self.config.storage.max_wait,
+                               "goes to the CRM now, its recordUrl plays once the recording is stored",
+                               item.external_id, item.account, self.config.storage.max_wait,
                                self.recordings.last_error if self.recordings else "not configured")
                 self.history.wake()
-
-    def _save_calls_in_progress(self) -> None:
-        # At most once a second: a crash loses at most the last second of call progress. Finished
-        # calls go to disk first, so a call missing from a saved snapshot is always in the outbox;
-        # one that finished after the last snapshot is restored from it as in progress, and
-        # reconciling with FreeSWITCH finishes it again.
-        self._flush_finished()
-        if self.tracker.changes != self._saved_changes:
-            self._saved_changes = self.tracker.changes
-            self.outbox.save_state(CALLS_IN_PROGRESS, self.tracker.snapshot())
 
     # --- lifecycle --------------------------------------------------------------------------
     def _spawn(self, name: str, func: Callable[[], None]) -> None:
@@ -259,6 +227,7 @@ class Service:
         self._spawn("esl-listener", self.listener.run)
         self._spawn("history-sender", self.history.run)
         self._spawn("housekeeping", self._housekeeping)
+        self._spawn("state-saver", self.saver.run)
         if self.recordings is not None:
             self._spawn("recording-uploader", self.recordings.run)
         self.started.set()
@@ -287,19 +256,28 @@ class Service:
             self.recordings.stop()
         self.history.stop()
         self.commands.close()
+        self.saver.stop()
         for greenlet in self._greenlets:
             greenlet.join(timeout=5.0)
         gevent.killall([g for g in self._greenlets if not g.dead], timeout=2.0)
-        self._save_calls_in_progress()
-        stats = self.outbox.stats()
-        self.outbox.close()
+        if not self.saver.save_once():
+            logger.error("fs-crm stopping with the state disk failing: %d finished call(s) could not be saved",
+                         self.saver.unsaved)
+        try:
+            stats = self.outbox.stats()
+        finally:
+            self.outbox.close()
         for client in self.clients.values():
             client.close()
         logger.info("fs-crm stopped: %d call(s) still queued for the CRM, %d set aside, %d in progress kept",
                     stats.pending, stats.failed, self.tracker.active_calls())
 
     def health(self) -> tuple[bool, dict]:
-        stats = self.outbox.stats()
+        try:
+            stats = self.outbox.stats()
+        except OutboxError as exc:
+            return False, {"esl_connected": self.listener.connected, "state": self.saver.health(),
+                           "outbox_error": str(exc)}
         details = {
             "esl_connected": self.listener.connected,
             "command_connection_last_error": self.commands.last_error,
@@ -310,8 +288,9 @@ class Service:
             "accounts": {name: {"last_history_error": self.history.last_error.get(name),
                                 "last_card_error": self.cards.last_error.get(name)} for name in self.clients},
             "storage": None if self.recordings is None else {"last_error": self.recordings.last_error},
+            "state": self.saver.health(),
         }
-        return self.listener.connected, details
+        return self.listener.connected and self.saver.failing_since is None, details
 
     @property
     def failure(self) -> BaseException | None:
@@ -332,3 +311,10 @@ def build_store(config: Config) -> RecordingStore:
         return S3Store(storage.bucket, region=storage.region, endpoint_url=storage.endpoint_url,
                        prefix=storage.prefix)
     return LocalStore(storage.directory)
+
+
+def _json_or_none(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None

@@ -12,7 +12,7 @@ import gevent.lock
 from fs_crm.commands import FreeswitchCommands
 from fs_crm.config import AccountConfig
 from fs_crm.eslsession import EslError
-from fs_crm.outbox import Outbox
+from fs_crm.outbox import Outbox, OutboxError
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,12 @@ class UserStatuses:
     def record(self, account: str, extension: str, user_id: int | None, status: str) -> None:
         """Remember it (on disk, and for routing at once); the push to FreeSWITCH goes on in the
         background, so the CRM's request never waits on the PBX."""
-        self.outbox.set_user_status(account, extension, user_id, status)
+        try:
+            self.outbox.set_user_status(account, extension, user_id, status)
+        except OutboxError as exc:
+            # Routing and FreeSWITCH still get it; only a restart before the disk is back forgets it.
+            logger.warning("account %s: status of extension %s not saved (%s); it holds until fs-crm restarts",
+                           account, extension, exc)
         self._statuses[(account, extension)] = status
         logger.info("account %s: extension %s (user %s) is now %s", account, extension, user_id, status)
         gevent.spawn(self._push, account, extension, True)

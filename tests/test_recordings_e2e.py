@@ -72,22 +72,30 @@ def test_given_running_service_when_healthz_then_reports_esl_and_queues(fakes, r
     assert "client-1" not in answer.text and "e2e-key" not in answer.text
 
 
-def test_given_storage_down_past_max_wait_when_expired_then_call_goes_without_recording(fakes, tmp_path):
+def test_given_storage_down_past_max_wait_when_stored_later_then_the_url_sent_with_the_call_plays(fakes, tmp_path):
     fs, crm = fakes
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the store directory should be")
-    svc = Service(make_config(fs, crm, tmp_path / "state",
+    port = free_port()
+    svc = Service(make_config(fs, crm, tmp_path / "state", http_port=port,
                               storage={"backend": "local", "directory": str(blocker / "store"), "max_wait": 1}))
     svc.start()
     try:
         assert fs.wait_subscribed(timeout=10)
-        call = with_recording(fresh_call("in_missed", "rec-down"), tmp_path / "fsrec")
+        call = with_recording(fresh_call("in_answered_ringgroup", "rec-down"), tmp_path / "fsrec")
         fs.play(call)
         assert wait_for(lambda: svc.recordings.last_error is not None, timeout=10)
         assert crm.wait_for(lambda: len(crm.calls) == 1, timeout=10)
-        assert "recordUrl" not in crm.calls[0]
+        # The wait is over but the URL was decided when the call was queued: it goes along.
+        url = crm.calls[0]["recordUrl"]
+        assert requests.get(url, params={"clientId": "client-1"}, timeout=5).status_code == 404
         # The file stays on FreeSWITCH's disk while the store is down: nothing is lost.
         assert (tmp_path / "fsrec" / ("%s.wav" % first_leg(call))).exists()
+
+        blocker.unlink()  # the store comes back
+        svc.recordings.wake()
+        assert wait_for(lambda: requests.get(url, params={"clientId": "client-1"}, timeout=5).status_code == 200,
+                        timeout=20)
+        assert len(crm.calls) == 1
     finally:
         svc.stop()
-

@@ -38,7 +38,8 @@ _MARK_EVENTS = frozenset({vocab.CHANNEL_ANSWER, vocab.CHANNEL_BRIDGE, vocab.CHAN
                           vocab.CHANNEL_HANGUP, vocab.CHANNEL_HANGUP_COMPLETE})
 
 
-@dataclass
+# slots: a flood of calls in progress costs memory per leg; a slotted leg is a third of a dict-backed one.
+@dataclass(slots=True)
 class Leg:
     uuid: str
     call_id: str
@@ -78,7 +79,7 @@ class Leg:
         return self.answered_us > 0 or (self.billsec or 0) > 0
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     id: str
     legs: dict[str, Leg] = field(default_factory=dict)
@@ -142,24 +143,24 @@ def leg_for(calls: dict[str, Call], leg_call: dict[str, str], uuid: str, event: 
 
 
 def note_bridge(calls: dict[str, Call], leg_call: dict[str, str], call: Call, leg: Leg, event: Event,
-                name: str) -> Call:
+                name: str, dropped: set[str]) -> Call:
     """A CHANNEL_BRIDGE or CHANNEL_UNBRIDGE (fired on one side, naming the other): opens or closes the
     talk span on both legs. A bridge to a leg of another call (a colleague picking the call up, an
     attended transfer, a queue agent we could not link) makes them one call: the one whose customer
-    it is. Returns the call the leg belongs to afterwards."""
+    it is. Returns the call the leg belongs to afterwards; a call merged away goes into `dropped`."""
     at = event_time_us(event)
     other_uuid = event.get(vocab.H_BRIDGE_B) if event.get(vocab.H_BRIDGE_A) == leg.uuid else None
     other_uuid = other_uuid or event.get(vocab.H_OTHER_LEG_UUID)
     other_call_id = leg_call.get(other_uuid or "")
     if name == vocab.CHANNEL_BRIDGE and other_call_id is not None and other_call_id != call.id:
-        call = _merge(calls, leg_call, call, calls[other_call_id])
+        call = _merge(calls, leg_call, call, calls[other_call_id], dropped)
     legs = [leg] + ([call.legs[other_uuid]] if other_uuid in call.legs else [])
     for bridged in legs:
         (start_bridge if name == vocab.CHANNEL_BRIDGE else end_bridge)(bridged, at)
     return call
 
 
-def _merge(calls: dict[str, Call], leg_call: dict[str, str], one: Call, other: Call) -> Call:
+def _merge(calls: dict[str, Call], leg_call: dict[str, str], one: Call, other: Call, dropped: set[str]) -> Call:
     """Join two calls whose legs were bridged. The call with the customer keeps its id (the id its
     cards went out with); two calls that both have a customer stay apart (two customers talking)."""
     one_external = bool(one.of_role(ROLE_EXTERNAL))
@@ -173,6 +174,7 @@ def _merge(calls: dict[str, Call], leg_call: dict[str, str], one: Call, other: C
         leg_call[uuid] = keep.id
     keep.last_event_us = max(keep.last_event_us, gone.last_event_us)
     calls.pop(gone.id, None)
+    dropped.add(gone.id)
     logger.info("call %s: joined with call %s, whose leg was bridged to it", keep.id, gone.id)
     return keep
 

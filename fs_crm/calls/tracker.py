@@ -7,6 +7,7 @@ that shape it all are listed in fs_crm/calls/legs.py.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import OrderedDict
 
@@ -39,13 +40,17 @@ class CallTracker:
             raise ValueError("at least one account is needed")
         self.accounts = accounts
         self._by_domain = {a.domain.lower(): a for a in accounts}
+        # In order of last activity, oldest first (an event moves its call to the end): the silent
+        # calls are a prefix, so the sweep and the cap on calls in progress never scan them all.
         self.calls: dict[str, Call] = {}
         self._leg_call: dict[str, str] = {}
         # Legs of calls already reported: their straggling events (a DESTROY after the last
         # HANGUP_COMPLETE, a repeat after a reconnect) must not open a second call.
         self._finished_legs: OrderedDict[str, None] = OrderedDict()
-        # Bumped on every change of tracked state, so the service saves a snapshot only when needed.
-        self.changes = 0
+        # Ids of calls changed (or gone) since the service last took them to save (take_changes).
+        self._dirty: set[str] = set()
+        # Calls reconcile found legs of gone: expire_orphans looks at these only.
+        self._orphans: set[str] = set()
 
     # --- event intake ---------------------------------------------------------------------------
     def handle(self, event: Event) -> list[CallEvent | CallRecord]:
@@ -59,12 +64,13 @@ class CallTracker:
             return []
         if uuid in self._finished_legs:
             return []
-        self.changes += 1
         call, leg = leg_for(self.calls, self._leg_call, uuid, event)
         update_leg(leg, event, name)
         if name in _BRIDGE_EVENTS:
-            call = note_bridge(self.calls, self._leg_call, call, leg, event, name)
+            call = note_bridge(self.calls, self._leg_call, call, leg, event, name, self._dirty)
         call.last_event_us = max(call.last_event_us, event_time_us(event))
+        self._dirty.add(call.id)
+        self.calls[call.id] = self.calls.pop(call.id)  # to the end: the most recently active
         effects: list[CallEvent | CallRecord] = []
         account = self._account_of(call)
         if account is None:
@@ -94,6 +100,8 @@ class CallTracker:
     # --- history --------------------------------------------------------------------------------
     def _finish(self, call: Call, account: AccountConfig | None) -> list[CallRecord]:
         del self.calls[call.id]
+        self._dirty.add(call.id)
+        self._orphans.discard(call.id)
         for uuid in call.legs:
             self._leg_call.pop(uuid, None)
             self._finished_legs[uuid] = None
@@ -130,21 +138,44 @@ class CallTracker:
         stream) only calls silent for that long are considered, and nothing is adopted.
         `alive_until_us`: when the previous connection broke (the calls lived at least that long).
         """
-        self.changes += 1
-        reconcile.mark_orphans(self.calls, live, now_us, idle_us, alive_until_us)
+        marked = reconcile.mark_orphans(self.calls, live, now_us, idle_us, alive_until_us)
+        self._orphans.update(marked)
+        self._dirty.update(marked)
         if idle_us is not None:
             return
-        reconcile.adopt_live(self.calls, self._leg_call, live)
+        self._dirty.update(reconcile.adopt_live(self.calls, self._leg_call, live, self._finished_legs))
 
     def expire_orphans(self, now_us: int, grace_us: int) -> list[CallEvent | CallRecord]:
-        """Finish calls whose legs vanished during a disconnect, with what is known of them: every
-        card still open is closed, then the call goes to history."""
+        """Finish calls whose legs vanished during a disconnect, with what is known of them."""
         effects: list[CallEvent | CallRecord] = []
-        for call in reconcile.expired_orphans(self.calls, now_us, grace_us):
-            account = self._account_of(call)
-            if account is not None:
-                effects.extend(card_policy.closing_cards(call, account, call.last_event_us or now_us))
-            effects.extend(self._finish(call, account))
+        for call in reconcile.expired_orphans(self.calls, self._orphans, now_us, grace_us):
+            effects.extend(self._finish_unseen(call, now_us))
+        return effects
+
+    def shed_excess(self, limit: int, now_us: int) -> list[CallEvent | CallRecord]:
+        """Beyond `limit` calls in progress (a flood of calls that never end, hangups FreeSWITCH never
+        sent), finish the longest-silent ones as orphans: reported with what is known, never dropped."""
+        effects: list[CallEvent | CallRecord] = []
+        excess = len(self.calls) - limit
+        if excess <= 0:
+            return effects
+        victims = [self.calls[call_id] for call_id in itertools.islice(self.calls, excess)]
+        logger.warning("%d calls in progress, more than the %d allowed ([state] max_calls_in_progress): "
+                       "finishing the %d silent longest as if their end had been seen (oldest: %s)",
+                       len(self.calls), limit, excess, victims[0].id)
+        for call in victims:
+            call.orphaned_at_us = call.orphaned_at_us or now_us
+            reconcile.end_unseen_legs(call)
+            effects.extend(self._finish_unseen(call, now_us))
+        return effects
+
+    def _finish_unseen(self, call: Call, now_us: int) -> list[CallEvent | CallRecord]:
+        """Every card still open is closed, then the call goes to history."""
+        effects: list[CallEvent | CallRecord] = []
+        account = self._account_of(call)
+        if account is not None:
+            effects.extend(card_policy.closing_cards(call, account, call.last_event_us or now_us))
+        effects.extend(self._finish(call, account))
         return effects
 
     def active_calls(self) -> int:
@@ -153,6 +184,17 @@ class CallTracker:
     # --- surviving a restart --------------------------------------------------------------------
     SNAPSHOT_VERSION = 1
 
+    def take_changes(self) -> tuple[dict[str, dict], list[str]]:
+        """What changed since the last call, to save: (call id -> row data) for calls in progress,
+        and the ids of calls gone (finished, merged). After a failed save, `keep_changes` them."""
+        dirty, self._dirty = self._dirty, set()
+        rows = {call_id: reconcile.call_data(self.calls[call_id]) for call_id in dirty if call_id in self.calls}
+        return rows, [call_id for call_id in dirty if call_id not in self.calls]
+
+    def keep_changes(self, call_ids) -> None:
+        """The save failed: these are saved next time (with whatever they look like by then)."""
+        self._dirty.update(call_ids)
+
     def snapshot(self) -> dict:
         """The calls in progress as plain JSON-able data."""
         return reconcile.snapshot_calls(self.calls, self.SNAPSHOT_VERSION)
@@ -160,4 +202,6 @@ class CallTracker:
     def restore(self, snapshot: dict) -> int:
         """Take back the calls a previous run was tracking; the first reconcile then tells which
         of them ended while fs-crm was down. Returns how many calls were restored."""
-        return reconcile.restore_calls(snapshot, self.SNAPSHOT_VERSION, self.calls, self._leg_call)
+        restored = reconcile.restore_calls(snapshot, self.SNAPSHOT_VERSION, self.calls, self._leg_call)
+        self._orphans.update(call.id for call in self.calls.values() if call.orphaned_at_us)
+        return restored

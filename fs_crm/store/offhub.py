@@ -1,0 +1,64 @@
+"""The outbox, worked on by one OS thread of its own: SQLite never runs on the gevent hub.
+
+An fsync, a big query or a locked database takes milliseconds to seconds; on the hub that would
+freeze cards, click-to-call and the ESL reader with it. A greenlet calling through `OffHubOutbox`
+waits for its answer while the hub serves everyone else. One thread, so the file keeps a single
+writer and calls run in the order they were made.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from gevent.threadpool import ThreadPool
+
+from fs_crm.outbox import Outbox
+
+
+class OffHubOutbox:
+    """Every method of `Outbox`, run in the store's thread; exceptions (OutboxError) come back to the caller.
+
+    Call it from greenlets only: called from the hub itself (a loop callback) gevent runs the work
+    right there, which is what this class exists to avoid.
+    """
+
+    def __init__(self, outbox: Outbox):
+        self._outbox = outbox
+        self._pool = ThreadPool(1)
+        self.path = outbox.path
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._outbox, name)
+        if not callable(method):
+            return method
+
+        def off_hub(*args: Any, **kwargs: Any) -> Any:
+            return self._call(method, *args, **kwargs)
+
+        off_hub.__name__ = name
+        return off_hub
+
+    def run(self, func: Callable[[Outbox], Any]) -> Any:
+        """Several outbox calls in one trip to the store's thread."""
+        return self._call(func, self._outbox)
+
+    def _call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        # The exception travels back as a value: raised inside the pool, gevent would also print
+        # its traceback, and a full disk would print one per attempt.
+        ok, value = self._pool.apply(_captured, (func, args, kwargs))
+        if ok:
+            return value
+        raise value
+
+    def close(self) -> None:
+        try:
+            self._call(self._outbox.close)
+        finally:
+            self._pool.kill()
+
+
+def _captured(func: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[bool, Any]:
+    try:
+        return True, func(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - re-raised in the calling greenlet
+        return False, exc

@@ -1,0 +1,144 @@
+"""Saving what the tracker knows: finished calls into the outbox, calls in progress row by row.
+
+One greenlet does it, through the store's own thread (fs_crm.store.offhub), so neither an fsync
+nor a full disk ever blocks the ESL reader. A finished call leaves memory only after the commit
+that queued it succeeded. While the state disk fails (full, read-only, locked), cards still flow,
+everything waits in memory and is retried with backoff, /healthz says why, and one line a minute
+says what is waiting; it all goes to disk by itself once the disk is back. Nothing exits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+
+import gevent.event
+
+from fs_crm.calls import CallTracker
+from fs_crm.outbox import NewCall, OutboxError
+from fs_crm.payloads import CallRecord
+
+logger = logging.getLogger(__name__)
+
+# Calls in progress are saved at least this often, so a crash loses at most this much of their progress.
+SAVE_INTERVAL = 1.0
+RETRY_MIN_DELAY = 0.2
+RETRY_MAX_DELAY = 30.0
+# While the disk fails, one line this often says what waits.
+REPORT_INTERVAL = 60.0
+# Finished calls kept in memory while the disk fails. Beyond it (days of a full disk at a busy PBX)
+# the oldest are written to the log in full, the last place left to keep them, and let go.
+MAX_UNSAVED_FINISHED = 100_000
+
+
+class StateSaver:
+    def __init__(self, outbox, tracker: CallTracker, new_call: Callable[[CallRecord], NewCall],
+                 on_queued: Callable[[], None], *, clock: Callable[[], float] = time.time,
+                 max_unsaved: int = MAX_UNSAVED_FINISHED):
+        self._outbox = outbox
+        self._tracker = tracker
+        self._new_call = new_call
+        self._on_queued = on_queued
+        self._clock = clock
+        self._max_unsaved = max_unsaved
+        self._finished: list[CallRecord] = []
+        self._wanted = gevent.event.Event()
+        self._stopping = gevent.event.Event()
+        self._delay = 0.0
+        # While the disk fails: since when, the last error, when it was last reported.
+        self.failing_since: float | None = None
+        self.last_error: str | None = None
+        self._reported_at = 0.0
+        self.spilled = 0  # finished calls given to the log because memory was full
+
+    # --- from the ESL side (the reader greenlet) ---------------------------------------------
+    def add_finished(self, record: CallRecord) -> None:
+        self._finished.append(record)
+        if len(self._finished) > self._max_unsaved:
+            self._spill(self._finished.pop(0))
+
+    def save_soon(self) -> None:
+        """After a socket read: the saver runs as soon as the reader waits, or yields, for more bytes."""
+        if self._finished:
+            self._wanted.set()
+
+    @property
+    def unsaved(self) -> int:
+        return len(self._finished)
+
+    # --- the saver greenlet ------------------------------------------------------------------------
+    def run(self) -> None:
+        while not self._stopping.is_set():
+            if self.failing_since is None:
+                self._wanted.wait(timeout=SAVE_INTERVAL)
+            else:
+                # Backing off: a call finishing meanwhile does not make the next attempt sooner.
+                self._stopping.wait(timeout=self._delay)
+            self._wanted.clear()
+            self.save_once()
+
+    def stop(self) -> None:
+        """Stop the loop; the caller saves once more with `save_once` after the last event."""
+        self._stopping.set()
+        self._wanted.set()
+
+    def save_once(self) -> bool:
+        """Save what changed since the last time; True when the disk took it (or nothing changed)."""
+        records = self._finished[:]
+        changed, gone = self._tracker.take_changes()
+        if not records and not changed and not gone:
+            return True
+        try:
+            added = self._outbox.persist([self._new_call(r) for r in records], changed, gone)
+        except OutboxError as exc:
+            self._tracker.keep_changes([*changed, *gone])
+            self._failed(exc)
+            return False
+        # Only now may they leave memory: new ones were appended during the commit, after these.
+        del self._finished[:len(records)]
+        self._recovered()
+        for record, new in zip(records, added, strict=True):
+            if not new:
+                logger.info("call %s account %s: already queued or delivered; not queued again",
+                            record.external_id, record.account)
+        if any(added):
+            self._on_queued()
+        return True
+
+    # --- a failing disk ----------------------------------------------------------------------------
+    def _failed(self, exc: OutboxError) -> None:
+        now = self._clock()
+        self.last_error = str(exc)
+        self._delay = min(RETRY_MAX_DELAY, max(RETRY_MIN_DELAY, self._delay * 2))
+        if self.failing_since is None:
+            self.failing_since = now
+            self._reported_at = now
+            logger.error("state disk failing, nothing is lost: %d finished call(s) and the calls in progress wait "
+                         "in memory and are retried (%s)", len(self._finished), exc)
+        elif now - self._reported_at >= REPORT_INTERVAL:
+            self._reported_at = now
+            logger.error("state disk still failing for %.0f s: %d finished call(s) wait in memory (%s)",
+                         now - self.failing_since, len(self._finished), exc)
+
+    def _recovered(self) -> None:
+        self._delay = 0.0
+        if self.failing_since is not None:
+            logger.warning("state disk works again after %.0f s; everything that waited is saved",
+                           self._clock() - self.failing_since)
+            self.failing_since = None
+            self.last_error = None
+
+    def _spill(self, record: CallRecord) -> None:
+        self.spilled += 1
+        logger.critical("call %s account %s: more than %d finished calls wait for the failing state disk; this "
+                        "one is kept only in this log line, to be entered by hand: %s", record.external_id,
+                        record.account, self._max_unsaved,
+                        json.dumps(record.to_api(), ensure_ascii=False, separators=(",", ":")))
+
+    def health(self) -> dict:
+        return {"ok": self.failing_since is None, "failing_since": self.failing_since,
+                "last_error": self.last_error, "unsaved_finished_calls": len(self._finished),
+                "spilled_to_log": self.spilled}
+
