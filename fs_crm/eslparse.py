@@ -30,6 +30,7 @@ except ImportError:  # installed where it could not be compiled: the pure-Python
 MAX_HEADER_BYTES = 64 * 1024
 # FreeSWITCH events with full channel variables are ~8 KB; XML CDR bodies can reach a few hundred KB.
 MAX_BODY_BYTES = 16 * 1024 * 1024
+_MAX_LENGTH_DIGITS = len(str(MAX_BODY_BYTES))
 
 
 class FrameError(Exception):
@@ -38,6 +39,22 @@ class FrameError(Exception):
 
 class EventParseError(Exception):
     """One event body is unusable; the stream itself is still in sync."""
+
+
+def parse_content_length(text: str, limit: int = MAX_BODY_BYTES) -> int:
+    """A Content-Length value: 1 to 8 ASCII digits [0-9], at most `limit`; FrameError otherwise.
+
+    str.isdigit() alone is not enough: it accepts '²', which int() then refuses (a traceback), and
+    Arabic-Indic '١٢', which int() reads as 12 (the stream is cut at the wrong place). The digit
+    count is checked before int() so a huge value costs nothing. The fake FreeSWITCH uses this same
+    rule for what clients send it, so the two sides of the tests cannot disagree on framing.
+    """
+    if not (text.isascii() and text.isdigit() and len(text) <= _MAX_LENGTH_DIGITS):
+        raise FrameError("bad Content-Length %r: not 1 to %d ASCII digits" % (text[:40], _MAX_LENGTH_DIGITS))
+    length = int(text)
+    if length > limit:
+        raise FrameError("bad Content-Length %r: over the %d byte limit" % (text, limit))
+    return length
 
 
 class Frame:
@@ -90,9 +107,12 @@ class FrameReader:
                 if length_text is None:
                     frames.append(Frame(headers, b""))
                     continue
-                if not length_text.isdigit() or int(length_text) > MAX_BODY_BYTES:
-                    raise FrameError("bad Content-Length %r in frame %r" % (length_text, headers))
-                self._pending_headers, self._pending_length = headers, int(length_text)
+                try:
+                    length = parse_content_length(length_text)
+                except FrameError as exc:
+                    # Not the whole header dict: it holds the bad value, which may be 64 KB long.
+                    raise FrameError("%s (frame of Content-Type %r)" % (exc, headers.get("Content-Type", "")[:80])) from None
+                self._pending_headers, self._pending_length = headers, length
             if len(buf) - pos < self._pending_length:
                 break
             body = bytes(buf[pos:pos + self._pending_length])
@@ -211,9 +231,8 @@ def _indexed_body(event) -> str | None:
     length = event.get("Content-Length")
     if length is None:
         return None
-    if not length.isdigit():
-        raise EventParseError("event %s has a bad inner Content-Length %r" % (event.get(vocab.H_EVENT_NAME), length))
-    return data[tail:tail + int(length)].decode("utf-8", "replace")
+    size = _inner_length(length, event.get(vocab.H_EVENT_NAME))
+    return data[tail:tail + size].decode("utf-8", "replace")
 
 
 def parse_event_plain_indexed(data: bytes) -> Event:
@@ -263,13 +282,19 @@ parse_event_plain = parse_event_plain_python if _eslindex is None else parse_eve
 def _inner_body(tail: str, length: str | None, event_name: str | None) -> str | None:
     if length is None:
         return None
-    if not length.isdigit():
-        raise EventParseError("event %s has a bad inner Content-Length %r" % (event_name, length))
-    size = int(length)
+    size = _inner_length(length, event_name)
     if tail.isascii():
         return tail[:size]
     # Content-Length counts bytes; non-ASCII text has to be cut as bytes.
     return tail.encode("utf-8")[:size].decode("utf-8", "replace")
+
+
+def _inner_length(length: str, event_name: str | None) -> int:
+    # The outer frame was read whole, so the stream is still in sync: only this event is lost.
+    try:
+        return parse_content_length(length)
+    except FrameError as exc:
+        raise EventParseError("event %s has a bad inner Content-Length: %s" % (event_name, exc)) from None
 
 
 def parse_event_json(data: bytes) -> Event:

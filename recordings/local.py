@@ -3,6 +3,8 @@
 Owns the recordings directory on disk. Every write goes to a temporary file in the same directory,
 is fsynced and then renamed over the target, so a reader sees either the old object or the new one,
 never half a file. Content type and metadata live in a `<file>.meta.json` sidecar, written the same way.
+Recordings are 0640 and the directories this creates 0750, whatever the umask (fs_crm.filemodes):
+the service's group (a playback or backup user) may read them, nobody else.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator, Mapping
 
+from fs_crm.filemodes import SHARED_DIR, SHARED_FILE, make_dirs
 from recordings.base import (
     RecordingNotFound,
     StorageUnavailable,
@@ -83,7 +86,7 @@ class LocalStore:
             except OSError as exc:
                 raise RecordingNotFound("cannot read recording %s: %s" % (path, exc.strerror)) from None
             try:
-                target.parent.mkdir(parents=True, exist_ok=True)
+                make_dirs(target.parent, SHARED_DIR)
             except OSError as exc:
                 raise StorageUnavailable("cannot create %s for key %s: %s" % (target.parent, key, exc.strerror)) from None
             copied = self._write_atomic(target, key, source=source)
@@ -125,7 +128,7 @@ class LocalStore:
                 except OSError as exc:
                     raise StorageUnavailable("cannot write key %s: %s" % (key, exc.strerror)) from None
             try:
-                os.chmod(tmp_name, 0o644)
+                os.chmod(tmp_name, SHARED_FILE)  # mkstemp made it 0600
                 os.replace(tmp_name, target)
             except OSError as exc:
                 raise StorageUnavailable("cannot write key %s: %s" % (key, exc.strerror)) from None
@@ -216,7 +219,7 @@ class LocalStore:
 
     def check(self) -> None:
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.directory, SHARED_DIR)
         except OSError as exc:
             raise StorageUnavailable("recordings directory %s is not usable: %s" % (self.directory, exc.strerror)) from None
         if not self.directory.is_dir():

@@ -20,6 +20,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from fs_crm.filemodes import PRIVATE_FILE, open_new_file, private_dir
+
 SECRET_FILE = "recording-url.key"
 SECRET_ENV = "FS_CRM_RECORDING_URL_SECRET"
 _MAC_BYTES = 20  # 160 bits: far beyond guessing, and keeps URLs short
@@ -109,10 +111,11 @@ def load_secret(configured: str | None, state_dir: Path, create: bool = True) ->
                              "uses (%s on its host)" % (SECRET_ENV, path)) from None
     except ValueError:
         raise ValueError("%s is not a hex secret; delete it only if no recording URL was ever sent" % path) from None
-    state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(state_dir)
     secret = secrets.token_bytes(32)
     tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # Exactly 0600 even under a umask of 0 or over a .tmp left by a crash with another mode.
+    fd = open_new_file(tmp, PRIVATE_FILE)
     with os.fdopen(fd, "w") as fh:
         fh.write(secret.hex())
         fh.flush()

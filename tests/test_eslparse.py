@@ -1,17 +1,20 @@
 """The ESL framer and event parser, on real captured bytes."""
 
 import random
+import re
 from pathlib import Path
 
 import pytest
 
 from fs_crm import eslparse
 from fs_crm.eslparse import (
+    MAX_BODY_BYTES,
     MAX_HEADER_BYTES,
     EventParseError,
     FrameError,
     FrameReader,
     iter_frames,
+    parse_content_length,
     parse_event,
     parse_event_json,
     parse_event_plain_python,
@@ -105,6 +108,51 @@ def test_given_garbage_content_length_when_framed_then_frame_error_names_it():
         FrameReader().feed(b"Content-Length: abc\nContent-Type: text/event-plain\n\nxx")
 
 
+# Values str.isdigit() or int() accept that are not ASCII digits, and other near misses.
+BAD_CONTENT_LENGTHS = [
+    "\u00b2",        # superscript two: isdigit() is True, int() raises
+    "\u0661\u0662",  # Arabic-Indic 12: isdigit() is True and int() reads 12
+    " 12",           # int() strips whitespace
+    "12 ",
+    "+12",           # int() takes a sign
+    "1_0",           # int() takes underscores
+    "-1",
+    "",
+    "1e3",
+    "0x10",
+    "9" * 5000,      # more digits than int() converts by default (4300)
+    str(MAX_BODY_BYTES + 1),
+    "000000012",     # nine digits: more than the limit ever needs
+]
+
+
+@pytest.mark.parametrize("value", BAD_CONTENT_LENGTHS)
+def test_given_content_length_not_ascii_digits_within_limit_when_parsed_then_frame_error_names_header_and_value(value):
+    with pytest.raises(FrameError, match="bad Content-Length %s" % re.escape(repr(value[:40]))):
+        parse_content_length(value)
+
+
+@pytest.mark.parametrize("value,length", [("0", 0), ("7", 7), ("0012", 12), ("6516", 6516),
+                                          (str(MAX_BODY_BYTES), MAX_BODY_BYTES)])
+def test_given_ascii_digits_within_limit_when_parsed_then_length(value, length):
+    assert parse_content_length(value) == length
+
+
+# The framer strips the space around a header value, so " 12", "12 " and "" are header syntax there.
+@pytest.mark.parametrize("value", [v for v in BAD_CONTENT_LENGTHS if v == v.strip() and v])
+def test_given_bad_outer_content_length_when_framed_then_frame_error_not_another_exception(value):
+    data = b"Content-Length: %s\nContent-Type: text/event-plain\n\n" % value.encode() + b"Event-Name: X\n\n" * 4
+    with pytest.raises(FrameError, match="bad Content-Length"):
+        FrameReader().feed(data)
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u0661\u0662", "+3", "1_0", "9" * 5000])
+def test_given_bad_inner_content_length_when_parsed_then_event_parse_error(parse_event_plain, value):
+    data = b"Event-Name: BACKGROUND_JOB\nContent-Length: %s\n\n+OK body\n" % value.encode()
+    with pytest.raises(EventParseError, match="bad inner Content-Length"):
+        parse_event_plain(data)
+
+
 def test_given_header_block_that_never_ends_when_framed_then_frame_error():
     with pytest.raises(FrameError, match="no end of frame headers"):
         FrameReader().feed(b"X: " + b"y" * (MAX_HEADER_BYTES + 10))
@@ -160,6 +208,8 @@ EDGE_CASES = [
     b"Event-Name: BACKGROUND_JOB\nContent-Length: 5\n\n\xd0\x9f\xd1\x80\xd0\xb8\nvariable_x: y\n",
     b"Event-Name: BACKGROUND_JOB\nContent-Length: 99\n\n+OK short\n",
     b"Event-Name: BACKGROUND_JOB\nContent-Length: -1\n\nbody\n",
+    b"Event-Name: BACKGROUND_JOB\nContent-Length: \xc2\xb2\n\nbody\n",
+    b"Event-Name: BACKGROUND_JOB\nContent-Length: \xd9\xa1\xd9\xa2\n\nbody\n",
     b"Event-Name: X\nvariable_a: 1\nContent-Length: 3\n\nabc",
     b"Event-Name: CUSTOM\nEvent-Subclass: sofia%3A%3Aregister\n\n",
     b"Event-Name: CUSTOM\nEvent-Subclass:\n\n",

@@ -3,6 +3,7 @@ gives up does not cost the others their connection, the command lanes keep quick
 listings, and an interrupted connect leaves nothing behind."""
 
 import dataclasses
+import logging
 import time
 
 import gevent
@@ -18,7 +19,7 @@ from fs_crm.esl import EslConnection
 from fs_crm.eslsession import EslTimeout, EslUnavailable
 from fs_crm.outbound import OutboundServer, SessionTimeout
 from fs_crm.sim import wait_for
-from fs_crm.sim.fake_freeswitch import capture_path, load_connect_reply
+from fs_crm.sim.fake_freeswitch import capture_path, frame_event, load_connect_reply, serialize_event
 
 LOOPBACK = RoutingConfig(listen_host="127.0.0.1", listen_port=0)
 VERSION = "FreeSWITCH Version 1.11.3-dev (fake_freeswitch)\n"
@@ -108,6 +109,33 @@ def test_given_outbound_session_when_one_command_times_out_then_session_stays_an
     assert isinstance(error, SessionTimeout)
     assert linger_reply == "+OK will linger 5 seconds"
     assert not closed and late == 1
+
+
+# --- a Content-Length that is not ASCII digits ----------------------------------------------------
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u0661\u0662", "+12", "9" * 5000])
+def test_given_bad_content_length_from_freeswitch_when_read_then_dropped_with_reason_no_traceback_no_misframed_event(
+        fakes, config, caplog, capsys, value):
+    fs, _ = fakes
+    events = []
+    conn = EslConnection(config, on_event=events.append)
+    conn.connect()
+    caplog.set_level(logging.DEBUG)
+    # Read as 12 bytes (what int() makes of Arabic-Indic digits), the body would be "Event-Name: "
+    # and a nameless event would come out, then the HEARTBEAT: both mis-framed.
+    bad = b"Content-Length: %s\nContent-Type: text/event-plain\n\nEvent-Name: X\n\n" % value.encode()
+    good = frame_event(serialize_event([("Event-Name", "HEARTBEAT")]))
+    try:
+        fs.send_raw(bad + good)
+        assert wait_for(lambda: conn.closed.is_set(), timeout=5)
+        assert "bad Content-Length %r" % value[:40] in conn.close_reason
+        assert events == []
+        [error] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert "dropping the connection" in error.getMessage() and error.exc_info is None
+        assert "crashed" not in caplog.text
+        assert "Traceback" not in capsys.readouterr().err
+    finally:
+        conn.stop()
 
 
 # --- command lanes -----------------------------------------------------------------------------

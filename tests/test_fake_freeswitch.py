@@ -1,6 +1,7 @@
 """The fake FreeSWITCH, driven through real sockets by a raw ESL client: framing, auth, events, api, outbound."""
 
 import json
+import logging
 import re
 import socket
 from dataclasses import dataclass, field
@@ -359,6 +360,38 @@ def test_given_send_raw_when_authenticated_then_bytes_arrive_as_is(fake, client)
     fake.send_raw(b"Content-Length: 3\nContent-Type: text/event-plain\n\nabc")
 
     assert c.frame().body == b"abc"
+
+
+def test_given_command_body_with_ascii_content_length_when_sent_then_read_as_the_body(fake, client):
+    c = client()
+    c.login()
+    c.send("sendevent CUSTOM\nContent-Length: 4\n\nbody")
+    assert c.frame().headers["Reply-Text"].startswith("+OK ")
+
+
+# The fake reads client commands with fs-crm's own Content-Length rule (fs_crm.eslparse).
+@pytest.mark.parametrize("value", ["\u00b2", "\u0661\u0662", "+12", "1_0", "-1", "9" * 5000])
+def test_given_command_with_bad_content_length_when_read_then_warning_goodbye_and_closed_without_traceback(
+        fake, client, caplog, capsys, value):
+    c = client()
+    c.login()
+    caplog.set_level(logging.DEBUG, logger="fs_crm.sim.fake_freeswitch")
+
+    c.send("sendevent CUSTOM\nContent-Length: %s\n\nEvent-Name: X\n\n" % value)
+
+    assert c.frame().raw == GOODBYE_NOTICE
+    assert c.at_eof()
+    [warning] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warning.levelno == logging.WARNING and warning.exc_info is None
+    assert "bad Content-Length %r" % value[:40] in warning.getMessage()
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value,body", [("3", b"abc"), ("\u00b2", None), ("\u0661\u0662", None), ("+3", None)])
+def test_given_inner_content_length_when_event_parsed_then_body_only_for_ascii_digits(value, body):
+    event = PlainEvent.parse(b"Event-Name: X\nContent-Length: %s\n\nabc" % value.encode())
+    assert event.body == body
+    assert event.get("Content-Length") == (None if body is not None else value)
 
 
 def test_given_wait_subscribed_when_client_subscribes_then_true(fake, client):

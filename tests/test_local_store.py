@@ -3,6 +3,7 @@
 import datetime as dt
 import json
 import os
+import stat
 
 import pytest
 from audio import write_wav
@@ -210,3 +211,32 @@ def test_given_permission_denied_on_the_store_when_put_then_unavailable(store, w
         store.put_file(wav, KEY, "audio/wav", {})
     with pytest.raises(StorageUnavailable):
         store.check()
+
+
+# --- modes, whatever the umask ------------------------------------------------------------------
+
+@pytest.fixture(params=[0, 0o077], ids=["umask000", "umask077"])
+def umask(request):
+    previous = os.umask(request.param)
+    yield request.param
+    os.umask(previous)
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_given_any_umask_when_put_then_recording_and_sidecar_0640_and_created_dirs_0750(store, wav, umask):
+    store.put_file(wav, KEY, "audio/wav", {})
+
+    target = store.directory / KEY
+    assert mode(target) == 0o640
+    assert mode(target.with_name(target.name + META_SUFFIX)) == 0o640
+    created = [store.directory, *(store.directory / part for part in ("shop", "shop/2024", "shop/2024/05",
+                                                                      "shop/2024/05/17"))]
+    assert [mode(d) for d in created] == [0o750] * len(created)
+
+
+def test_given_any_umask_when_check_creates_the_directory_then_0750(store, umask):
+    store.check()
+    assert mode(store.directory) == 0o750

@@ -68,3 +68,26 @@ def test_given_public_url_when_linking_then_record_url_under_records():
     assert url.startswith("https://pbx.example.com/fs-crm/records/")
     assert CODEC.parse(url.rsplit("/", 1)[1]).name == NAME
     assert "79121234567" not in url
+
+
+@pytest.mark.parametrize("umask", [0, 0o077], ids=["umask000", "umask077"])
+def test_given_any_umask_when_secret_created_then_state_dir_0700_and_secret_0600(tmp_path, monkeypatch, umask):
+    monkeypatch.delenv("FS_CRM_RECORDING_URL_SECRET", raising=False)
+    state = tmp_path / "state"
+    previous = os.umask(umask)
+    try:
+        load_secret(None, state)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.stat(state).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(state / SECRET_FILE).st_mode) == 0o600
+
+
+def test_given_leftover_tmp_with_wide_mode_when_secret_created_then_secret_still_0600(tmp_path, monkeypatch):
+    monkeypatch.delenv("FS_CRM_RECORDING_URL_SECRET", raising=False)
+    leftover = (tmp_path / SECRET_FILE).with_suffix(".tmp")
+    leftover.write_text("half-written by a crash")
+    os.chmod(leftover, 0o644)
+    secret = load_secret(None, tmp_path)
+    assert stat.S_IMODE(os.stat(tmp_path / SECRET_FILE).st_mode) == 0o600
+    assert (tmp_path / SECRET_FILE).read_text() == secret.hex() and not leftover.exists()

@@ -34,6 +34,7 @@ import gevent.queue
 import gevent.server
 import gevent.socket
 
+from fs_crm.eslparse import FrameError, parse_content_length
 from fs_crm.sim import wait_for
 from fs_crm.vocab import (
     API_RESPONSE,
@@ -217,8 +218,14 @@ class PlainEvent:
                 headers.append((name, url_decode(value)))
         body = None
         # The serializer appends a body as an inner "Content-Length: N" + blank line + N bytes.
-        if separator and headers and headers[-1][0].lower() == "content-length" and headers[-1][1].isdigit():
-            body = rest[:int(headers.pop()[1])]
+        if separator and headers and headers[-1][0].lower() == "content-length":
+            try:
+                length = parse_content_length(headers[-1][1])
+            except FrameError:
+                length = None  # not a body marker after all: the header stays an ordinary header
+            if length is not None:
+                headers.pop()
+                body = rest[:length]
         return cls(plain, tuple(headers), body)
 
     def get(self, name: str) -> str | None:
@@ -291,7 +298,8 @@ def _iter_frames(data: bytes) -> Iterator[tuple[list[tuple[str, str]], bytes]]:
             if colon:
                 headers.append((name, value))
         pos = end + 2
-        length = next((int(v) for n, v in headers if n.lower() == "content-length"), 0)
+        length_text = next((v for n, v in headers if n.lower() == "content-length"), None)
+        length = 0 if length_text is None else parse_content_length(length_text)
         yield headers, data[pos:pos + length]
         pos += length
 
@@ -630,15 +638,20 @@ class _Listener:
             if colon and name:
                 headers.append((name, value.lstrip(" ")))
         command = _Command(lines[0].split("\r")[0], headers)
-        length = command.header("content-length")
-        if length and length.strip().isdigit() and int(length) > 0:
-            while len(buffer) < int(length):
+        length_text = command.header("content-length")
+        # mes.c takes atoi() of the value, so FreeSWITCH would read ' 12' and '+12' as 12 and '١٢'
+        # as 0 (leaving the body to be read as the next command). The fake is stricter on purpose:
+        # it applies fs-crm's own rule (FrameError, which ends the listener) so a client that
+        # sends such a value fails loudly in tests instead of being read differently by each side.
+        length = 0 if length_text is None else parse_content_length(length_text.strip())
+        if length > 0:
+            while len(buffer) < length:
                 chunk = self._recv()
                 if not chunk:
                     return None
                 buffer += chunk
-            command.body = bytes(buffer[:int(length)])
-            del buffer[:int(length)]
+            command.body = bytes(buffer[:length])
+            del buffer[:length]
         return command
 
     def _execute(self, command: _Command, send_reply: bool = True) -> bool:
@@ -954,6 +967,8 @@ class _InboundConnection(_Listener):
                 return
             self._send(("Content-Type: %s\n\n" % AUTH_REQUEST).encode())
             self._command_loop()
+        except FrameError as exc:
+            logger.warning("fake FreeSWITCH: client %s sent an unframeable command, closing: %s", self.number, exc)
         except OSError as exc:
             logger.debug("fake FreeSWITCH: client %s socket error: %s", self.number, exc)
         except Exception:
@@ -1048,6 +1063,8 @@ class OutboundCall(_Listener):
                 self._command_loop()
             elif self._execute(first, send_reply=False):
                 self._command_loop()
+        except FrameError as exc:
+            logger.warning("fake FreeSWITCH: outbound call %s got an unframeable command, closing: %s", self.uuid, exc)
         except OSError as exc:
             logger.debug("fake FreeSWITCH: outbound call %s socket error: %s", self.uuid, exc)
         except Exception:
