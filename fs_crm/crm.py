@@ -40,6 +40,19 @@ _MODULE_CODE = re.compile(r"[A-Za-z0-9_-]+")
 # A proxy in front of a sick CRM answers with a long HTML page; a title or a short excerpt is enough.
 _SNIPPET = 200
 
+# Refusals about the key, the account or the endpoint, never about what was sent: resending other
+# calls cannot help, and setting the calls aside would be wrong. 404 and 405 on a route that exists
+# mean the method is missing for this account (retailCRM answers 404 "API method not found" for an
+# API version or a method the account does not have; PHP treats a 405 HTML page on a POST as "Account
+# does not exist."). Callers that expect a 404 for a missing entity (get_integration_module) check
+# for the API's own "Not found" first.
+ACCOUNT_PROBLEM_STATUSES = frozenset({401, 403, 404, 405})
+# errorMsg fragments (lowercase): retailCRM's own strings ("Wrong \"apiKey\" value.", "Access denied.",
+# "Account does not exist.", "Telephony not enabled or not supports calls upload", "API method not
+# found") and what `_parse` says for an HTML answer.
+ACCOUNT_PROBLEM_MESSAGES = ("apikey", "access denied", "account does not exist", "telephony not enabled",
+                            "not supports calls upload", "api method not found")
+
 
 class CrmError(Exception):
     """A request to one account's CRM did not succeed."""
@@ -60,7 +73,23 @@ class CrmUnavailable(CrmError):
 
 
 class CrmRejected(CrmError):
-    """Final: the CRM refused this request (validation, key, rights, unknown account)."""
+    """Final: the CRM refused this request (validation, key, rights, unknown account or method)."""
+
+    def __init__(self, account: str, error_msg: str, status: int | None = None,
+                 errors: dict | list | None = None, path: str | None = None, *, account_problem: bool = False):
+        super().__init__(account, error_msg, status, errors, path)
+        self._account_problem = account_problem
+
+    @property
+    def account_problem(self) -> bool:
+        """True when the refusal is about the key, account or endpoint, not about what was sent."""
+        if self._account_problem:
+            return True
+        status = self.status or 0
+        if status in ACCOUNT_PROBLEM_STATUSES or 300 <= status < 400:
+            return True
+        text = (self.error_msg or "").lower()
+        return any(marker in text for marker in ACCOUNT_PROBLEM_MESSAGES)
 
 
 @dataclass(frozen=True)
@@ -71,7 +100,8 @@ class EventResult:
 
 @dataclass(frozen=True)
 class UploadResult:
-    processed: int
+    # processedCallsCount; None when the answer has no readable count.
+    processed: int | None
     duplicates: tuple[str, ...]
 
 
@@ -215,8 +245,12 @@ class CrmClient:
         data = self._request("POST", UPLOAD_PATH, urgent=False, read_timeout=self._delivery.upload_read_timeout,
                              form={"calls": _dumps(calls)})
         processed = data.get("processedCallsCount")
-        return UploadResult(processed if isinstance(processed, int) and not isinstance(processed, bool) else 0,
-                            self._duplicates(data.get("duplicateCalls")))
+        if not (isinstance(processed, int) and not isinstance(processed, bool) and processed >= 0):
+            if processed is not None:
+                logger.warning("%s: cannot read processedCallsCount %s", self.account.name,
+                               _dumps(processed)[:_SNIPPET])
+            processed = None
+        return UploadResult(processed, self._duplicates(data.get("duplicateCalls")))
 
     def credentials(self) -> Credentials:
         data = self._request("GET", CREDENTIALS_PATH, urgent=False, read_timeout=self._delivery.event_read_timeout)
@@ -312,9 +346,9 @@ class CrmClient:
     def _parse(self, path: str, status: int, content_type: str, body: str, location: str | None) -> dict:
         name = self.account.name
 
-        def fail(cls: type[CrmError], msg: str, errors: dict | list | None = None) -> CrmError:
+        def fail(cls: type[CrmError], msg: str, errors: dict | list | None = None, **flags: bool) -> CrmError:
             logger.debug("%s: %s answered HTTP %s: %s", name, path, status, self._scrub(body[:_SNIPPET]))
-            return cls(name, self._scrub(msg), status, errors, path)
+            return cls(name, self._scrub(msg), status, errors, path, **flags)
 
         if 300 <= status < 400:
             raise fail(CrmRejected, "unexpected redirect to %s; is crm_url right (https, no path)?"
@@ -326,7 +360,7 @@ class CrmClient:
                 raise fail(CrmUnavailable, "HTML page instead of JSON (%s)" % _html_summary(text))
             # What retailCRM answers for an account that does not exist (GO and PHP clients agree).
             raise fail(CrmRejected, "HTML page instead of JSON (%s): the account does not exist or crm_url "
-                                    "is not a retailCRM address" % _html_summary(text))
+                                    "is not a retailCRM address" % _html_summary(text), account_problem=True)
         try:
             data = json.loads(text)
         except ValueError:
@@ -336,14 +370,30 @@ class CrmClient:
             # uploads deduplicate by externalId, so it counts as retryable.
             cls = CrmRejected if 400 <= status < 500 and not retryable else CrmUnavailable
             raise fail(cls, "unreadable answer: %r" % text[:_SNIPPET] if text else "empty answer")
-        error_msg = data.get("errorMsg") if isinstance(data.get("errorMsg"), str) else None
-        errors = data.get("errors") if isinstance(data.get("errors"), (dict, list)) else None
+        error_msg = data.get("errorMsg") if isinstance(data.get("errorMsg"), str) and data["errorMsg"] else None
+        # A list (["a", "b"]) or a map ({"calls[0][code]": "..."}); an empty one says nothing.
+        errors = data.get("errors") if isinstance(data.get("errors"), (dict, list)) and data["errors"] else None
         if retryable:
             raise fail(CrmUnavailable, error_msg or ("rate limited" if status in (429, 503) else "server error"),
                        errors)
-        if status >= 400 or data.get("success") is False:
+        if status >= 400:
             raise fail(CrmRejected, error_msg or "request refused", errors)
-        return data
+        success = data.get("success")
+        if success is True:
+            return data
+        # A 2xx is only a success when it says so with JSON true: the official Python client's tests
+        # answer {"success": "false", "errorMsg": "Telephony not enabled or not supports calls upload"}
+        # with a 200, and counting that as delivered would lose the calls.
+        if error_msg or success is False or success == 0 or (isinstance(success, str)
+                                                             and success.strip().lower() in ("false", "0")):
+            # The CRM error it describes. Without per-call `errors` it names nothing that was sent, so it
+            # is about the account (telephony off, say), not about individual calls.
+            raise fail(CrmRejected, error_msg or "request refused (success: %s)" % _dumps(success)[:_SNIPPET],
+                       errors, account_problem=errors is None)
+        # success missing, null or "true" as a string: not a statement we can rely on either way.
+        # Resending is safe (uploads deduplicate by externalId), so it is retryable.
+        raise fail(CrmUnavailable, "answer without \"success\": true (success: %s)"
+                   % ("missing" if "success" not in data else _dumps(success)[:_SNIPPET]), errors)
 
     def _duplicates(self, value: Any) -> tuple[str, ...]:
         """duplicateCalls as externalIds: documented as a list, its items' shape is not."""

@@ -8,8 +8,12 @@ Outcomes of an upload:
   and the account's pass ends, so nothing newer overtakes it;
 - `CrmRejected` about the calls: the batch is split in halves until the refused call is alone,
   then that call is set aside with the CRM's message and the others go through;
-- `CrmRejected` about the account (bad key, no rights, no such account, telephony off): nothing
-  is set aside, since every call would be; the batch waits the long backoff instead.
+- `CrmRejected` about the account (bad key, no rights, no such account, telephony off, 404/405,
+  an HTML page, a 2xx whose `success` is not true): nothing is set aside, since every call would
+  be; the batch waits the long backoff instead;
+- accepted but counted short (processed + duplicates < batch): the uncounted calls are sent once
+  more at once (those the CRM did store come back as duplicates); what is still missing is set aside.
+The outbox itself failing (a full state disk) pauses the account's loop with backoff; nothing exits.
 """
 
 from __future__ import annotations
@@ -40,23 +44,24 @@ DELIVERED_RETENTION = 7 * 24 * 3600.0
 PRUNE_INTERVAL = 3600.0
 # An idle account loop looks at the outbox at least this often, whatever it was told.
 IDLE_RECHECK = 60.0
+# Back-off while the outbox itself fails (a full or read-only state disk).
+STORE_RETRY_MIN = 1.0
+STORE_RETRY_MAX = 30.0
 # Delays are drawn from [d * (1 - JITTER), d], so accounts that failed together retry apart.
 JITTER = 0.5
 
-# errorMsg fragments (lowercase) meaning the account, not the calls, is wrong; retailCRM's own
-# strings ("Wrong \"apiKey\" value.", "Access denied.", "Account does not exist.", "Telephony not
-# enabled or not supports calls upload") and what fs_crm.crm says for an HTML answer.
-_ACCOUNT_PROBLEMS = ("apikey", "access denied", "account does not exist", "telephony not enabled",
-                     "not supports calls upload")
+# After an answer that accounts for fewer calls than were sent (processedCallsCount plus
+# duplicateCalls), the unconfirmed calls are sent again this many times before being set aside.
+SHORT_COUNT_RESENDS = 1
 
 
 def is_account_problem(exc: CrmRejected) -> bool:
-    """True when the refusal is about the key or account, so setting calls aside would be wrong."""
-    status = exc.status or 0
-    if status in (401, 403) or 300 <= status < 400:
-        return True
-    text = (exc.error_msg or "").lower()
-    return any(marker in text for marker in _ACCOUNT_PROBLEMS)
+    """True when the refusal is about the key, account or endpoint, so setting calls aside would be wrong.
+
+    fs_crm.crm decides (it knows the CRM's vocabulary): 401/403/404/405, redirects, HTML pages,
+    a 2xx refusal that names no call, and retailCRM's account messages.
+    """
+    return exc.account_problem
 
 
 def _reason(exc: CrmError) -> str:
@@ -65,7 +70,8 @@ def _reason(exc: CrmError) -> str:
     if exc.status is not None:
         text = "HTTP %s: %s" % (exc.status, text)
     if exc.errors:
-        text += " " + json.dumps(exc.errors, ensure_ascii=False)
+        # A map ({"calls[0][code]": "..."}) or a list (["...", "..."]): both as JSON.
+        text += " " + json.dumps(exc.errors, ensure_ascii=False, default=str)
     return text
 
 
@@ -109,7 +115,11 @@ class HistorySender:
         """Deliver until `stop()`; re-raises what crashed an account loop."""
         if self._stopping:
             return
-        stranded = set(self._outbox.stats().pending_by_account) - set(self._clients)
+        try:
+            stranded = set(self._outbox.stats().pending_by_account) - set(self._clients)
+        except OutboxError as exc:
+            logger.warning("cannot look for calls of accounts no longer configured: %s", exc)
+            stranded = set()
         for account in sorted(stranded):
             logger.warning("%s: calls for this account stay in the outbox: it is not configured", account)
         self._group = Group()
@@ -156,13 +166,24 @@ class HistorySender:
 
     def _account_loop(self, account: str) -> None:
         wakeup = self._wakeups[account]
+        store_failures = 0
         while not self._stopping:
             # Cleared before looking, so a wake() during the pass triggers another one.
             wakeup.clear()
-            self.drain_once(account)
+            try:
+                self.drain_once(account)
+                wait = self._idle_time(account)
+                store_failures = 0
+            except OutboxError as exc:
+                # The state disk is failing (the service's saver reports it): what was sent but not
+                # marked delivered goes again later, and the CRM answers it as a duplicate.
+                store_failures += 1
+                wait = min(STORE_RETRY_MAX, STORE_RETRY_MIN * 2 ** min(store_failures - 1, 16))
+                log = logger.warning if store_failures == 1 else logger.debug
+                log("%s: history delivery pauses %.1f s, the outbox cannot be used: %s", account, wait, exc)
             if self._stopping:
                 break
-            wakeup.wait(self._idle_time(account))
+            wakeup.wait(wait)
 
     def _idle_time(self, account: str) -> float:
         next_at = self._outbox.next_due_at(account)
@@ -172,7 +193,11 @@ class HistorySender:
 
     def _housekeeping(self) -> None:
         while not self._stopping:
-            pruned = self._outbox.prune_delivered(self._clock() - self._retention)
+            try:
+                pruned = self._outbox.prune_delivered(self._clock() - self._retention)
+            except OutboxError as exc:
+                logger.warning("could not forget old delivered call ids, trying again in an hour: %s", exc)
+                pruned = 0
             if pruned:
                 logger.debug("forgot %d delivered call ids older than %.0f days", pruned,
                              self._retention / 86400)
@@ -200,50 +225,103 @@ class HistorySender:
 
     def _send(self, account: str, client: CrmClient, batch: list[OutboxItem]) -> tuple[int, bool]:
         """Upload one batch, splitting it around refused calls; (accepted, may the pass go on)."""
-        # Parts still to upload, in FIFO order; True marks the first half of a split.
-        parts: list[tuple[list[OutboxItem], bool]] = [(batch, False)]
+        # Parts still to upload, in FIFO order: (items, kind, resends). Kind `first` marks the first
+        # half of a split; `bad` a second half whose first half went through, so it holds the refused
+        # call: split it without spending an upload on the whole of it. `resends` counts how often
+        # these calls went again because an answer did not account for them.
+        first, bad, plain = "first", "bad", ""
+        parts: list[tuple[list[OutboxItem], str, int]] = [(batch, plain, 0)]
         accepted = 0
-        # The previous part was the first half of a refused group and went through, so this one
-        # holds the refused call: split it without spending an upload on the whole of it.
-        known_bad = False
+
+        def halves(items: list[OutboxItem], resends: int) -> list[tuple[list[OutboxItem], str, int]]:
+            return [(half, first if is_first else plain, resends) for half, is_first in self._halves(items)]
+
+        def rest(items: list[OutboxItem]) -> list[OutboxItem]:
+            return items + [item for part in parts for item in part[0]]
+
         while parts:
             if self._stopping:
                 return accepted, False  # what is left stays pending and due
-            items, is_first = parts.pop(0)
-            if known_bad and len(items) > 1:
-                known_bad = False
-                parts[0:0] = self._halves(items)
+            items, kind, resends = parts.pop(0)
+            if kind == bad and len(items) > 1:
+                parts[0:0] = halves(items, resends)
                 continue
-            known_bad = False
             try:
                 result = client.upload_calls([item.payload for item in items])
             except CrmUnavailable as exc:
                 self.last_error[account] = _reason(exc)
-                self._defer_unavailable(account, items + [i for part, _ in parts for i in part], exc)
+                self._defer_unavailable(account, rest(items), exc)
                 return accepted, False
             except CrmRejected as exc:
                 self.last_error[account] = _reason(exc)
                 if is_account_problem(exc):
-                    self._defer_refused(account, items + [i for part, _ in parts for i in part], exc)
+                    self._defer_refused(account, rest(items), exc)
                     return accepted, False
                 if len(items) == 1:
                     self._set_aside(account, items[0], exc)
                 else:
                     logger.info("%s: CRM refused a batch of %d calls (%s); splitting it to find the "
                                 "refused call(s)", account, len(items), _reason(exc))
-                    parts[0:0] = self._halves(items)
+                    parts[0:0] = halves(items, resends)
                 continue
-            self._outbox.mark_delivered(item.id for item in items)
-            accepted += len(items)
-            known_bad = is_first
+            if kind == first and parts and parts[0][1] == plain:
+                parts[0] = (parts[0][0], bad, parts[0][2])
+
+            # Does the answer account for every call? Duplicates are what the CRM already had (it
+            # deduplicates by externalId), so processedCallsCount + duplicates should be the batch.
+            sent = {item.external_id for item in items}
+            duplicates = set(result.duplicates) & sent
+            strays = [i for i in result.duplicates if i not in sent]
+            if strays:
+                logger.warning("%s: the CRM reports duplicates that were not in this upload: %s",
+                               account, ", ".join(strays))
+            unconfirmed: list[OutboxItem] = []
+            shortfall = ""
+            if result.processed is None:
+                # A success without a count: the only statement the CRM made is that it worked.
+                logger.warning("%s: the CRM accepted %d calls without saying how many it processed: %s",
+                               account, len(items), _ids(items))
+            elif result.processed + len(duplicates) != len(items):
+                shortfall = ("the CRM accounted for %d of %d calls (processedCallsCount %d, %d duplicates)"
+                             % (result.processed + len(duplicates), len(items), result.processed,
+                                len(duplicates)))
+                logger.warning("%s: %s: %s", account, shortfall, _ids(items))
+                if result.processed + len(duplicates) < len(items):
+                    # Fewer than sent: a call may be lost, and the count does not say which. Only the
+                    # duplicates are surely there; the others are sent again, which is safe because
+                    # the CRM deduplicates by externalId (UNVERIFIED, but the documented reason for
+                    # duplicateCalls): what it did store comes back as a duplicate, so the resend
+                    # names exactly the missing calls. If it still does not account for them, they
+                    # are set aside (kept, visible, retried with retry_failed) rather than dropped,
+                    # or left pending forever at the head of the account's queue.
+                    unconfirmed = [item for item in items if item.external_id not in duplicates]
+            unsure = {item.external_id for item in unconfirmed}
+            delivered = [item for item in items if item.external_id not in unsure]
+            if delivered:
+                self._outbox.mark_delivered(item.id for item in delivered)
+                accepted += len(delivered)
             self._failures.pop(account, None)
             self.last_error.pop(account, None)
             self._refused.discard(account)
-            if result.duplicates:
-                logger.info("%s: uploaded %d calls (%s); the CRM already had %s", account, len(items),
-                            _ids(items), ", ".join(result.duplicates))
-            else:
-                logger.info("%s: uploaded %d calls (%s)", account, len(items), _ids(items))
+            if duplicates:
+                logger.info("%s: uploaded %d calls (%s); the CRM already had %s", account, len(delivered),
+                            _ids(delivered), ", ".join(sorted(duplicates)))
+            elif delivered:
+                logger.info("%s: uploaded %d calls (%s)", account, len(delivered), _ids(delivered))
+            if not unconfirmed:
+                continue
+            # Shown on /healthz until an upload is fully accounted for again.
+            self.last_error[account] = shortfall
+            if resends < SHORT_COUNT_RESENDS:
+                logger.warning("%s: sending %d unconfirmed calls again: %s", account, len(unconfirmed),
+                               _ids(unconfirmed))
+                parts.insert(0, (unconfirmed, plain, resends + 1))
+                continue
+            for item in unconfirmed:
+                self._outbox.set_aside(item.id, shortfall + ", even when sent again")
+            logger.error("%s: %s, even when sent again; set aside %d calls: check them in the CRM, then "
+                         "retry them with retry_failed (already stored ones come back as duplicates): %s",
+                         account, shortfall, len(unconfirmed), _ids(unconfirmed))
         return accepted, True
 
     @staticmethod

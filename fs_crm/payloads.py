@@ -26,6 +26,10 @@ class CallEvent:
     external_phone: str | None = None
     site: str | None = None
     hangup_status: str | None = None
+    # CRM user ids of the managers in `codes` that the account's extension map knows. Sent next to
+    # the codes: either one tells the CRM whose screen shows the card, and a code the CRM does not
+    # know (an extension changed on one side only) still reaches the user by id.
+    user_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.type not in vocab.EVENT_TYPES:
@@ -36,6 +40,8 @@ class CallEvent:
     def to_api(self) -> dict:
         out: dict = {"phone": self.phone, "type": self.type, "codes": list(self.codes),
                      "callExternalId": self.call_id}
+        if self.user_ids:
+            out["userIds"] = list(self.user_ids)
         if self.external_phone:
             out["externalPhone"] = self.external_phone
         if self.site:

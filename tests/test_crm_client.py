@@ -117,11 +117,10 @@ def test_given_info_as_empty_list_when_send_event_then_tolerated(fake, client):
 @pytest.mark.parametrize("overrides, field", [
     ({"type": "ringing"}, "type"),
     ({"phone": ""}, "phone"),
-    ({"codes": []}, "codes"),
-    ({"hangupStatus": "answered"}, "hangupStatus"),  # only allowed on type hangup
+    ({"codes": [""]}, "codes"),
+    ({"userIds": ["27"]}, "userIds"),
     ({"type": "hangup", "hangupStatus": "no answer"}, "hangupStatus"),  # the upload spelling
     ({"site": "elsewhere"}, "site"),
-    ({"callExternalID": "typo"}, "callExternalID"),
 ])
 def test_given_invalid_event_when_send_event_then_crm_rejected_naming_the_field(client, overrides, field):
     with pytest.raises(CrmRejected) as caught:
@@ -129,6 +128,41 @@ def test_given_invalid_event_when_send_event_then_crm_rejected_naming_the_field(
 
     assert caught.value.status == 400
     assert field in caught.value.errors
+    assert not caught.value.account_problem  # about what was sent
+
+
+@pytest.mark.parametrize("overrides", [
+    pytest.param({"codes": []}, id="no-codes-no-userIds"),  # the Python client's tests send phone and type only
+    pytest.param({"codes": [], "userIds": [27]}, id="userIds-only"),  # the PHP client's example
+    pytest.param({"hangupStatus": "answered"}, id="hangupStatus-on-in"),  # v3 PY and .NET clients always send it
+])
+def test_given_event_the_official_clients_send_when_send_event_then_accepted(fake, client, overrides):
+    assert client.send_event(card(**overrides)) == EventResult((), ())
+
+    assert fake.events[-1]["type"] == "in"
+
+
+def test_given_unknown_field_when_send_event_then_accepted_and_recorded_by_the_fake(fake, client):
+    client.send_event(card(callExternalID="typo"))
+
+    assert fake.extra_fields == ["event.callExternalID"]
+
+
+def test_given_codes_and_user_ids_when_send_event_then_both_sent_and_unknown_users_reported(caplog):
+    crm = FakeCrm(api_keys={SECRET: "shop"}, known_codes={"100"}, known_user_ids={1}).start()
+    client = CrmClient(account_for(crm.url), DELIVERY)
+    event = CallEvent(account="shop", type="in", phone="79991234567", codes=("100", "200"), call_id="uuid-5",
+                      created_at=0.0, user_ids=(1, 2)).to_api()
+    try:
+        with caplog.at_level(logging.WARNING, logger="fs_crm.crm"):
+            result = client.send_event(event)
+    finally:
+        client.close()
+        crm.stop()
+
+    assert (crm.events[0]["codes"], crm.events[0]["userIds"]) == (["100", "200"], [1, 2])
+    assert result == EventResult(("200",), ("2",))
+    assert any("uuid-5" in r.getMessage() and "user id(s) 2" in r.getMessage() for r in caplog.records)
 
 
 # --- calls/upload ---------------------------------------------------------------------------------

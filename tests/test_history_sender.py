@@ -28,6 +28,12 @@ class FakeCrm:
         self.failures: list[Exception | None] = []
         # Store the batch, then fail anyway: the answer got lost on the way back.
         self.lose_answers = 0
+        # Answer processedCallsCount one too low for the next uploads (all calls stored).
+        self.undercount = 0
+        # Answer processedCallsCount this much too high for the next uploads.
+        self.overcount = 0
+        # Calls answered as accepted but neither stored nor counted.
+        self.dropped: set[str] = set()
         self.stall: Event | None = None
         self.entered = Event()
 
@@ -46,12 +52,19 @@ class FakeCrm:
         if bad:
             raise CrmRejected(self.account, "Errors in the entity format", 400,
                               {"calls[%d][phone]" % n: "Phone is not valid" for n in bad}, "/upload")
-        duplicates = tuple(i for i in ids if i in self.stored)
-        self.stored.extend(i for i in ids if i not in self.stored)
+        kept = [i for i in ids if i not in self.dropped]
+        duplicates = tuple(i for i in kept if i in self.stored)
+        self.stored.extend(i for i in kept if i not in self.stored)
         if self.lose_answers:
             self.lose_answers -= 1
             raise CrmUnavailable(self.account, "ReadTimeout after 20.0 s", None, None, "/upload")
-        return UploadResult(processed=len(ids) - len(duplicates), duplicates=duplicates)
+        processed = len(kept) - len(duplicates)
+        if self.undercount and processed:
+            self.undercount -= 1
+            processed -= 1
+        if self.overcount:
+            processed, self.overcount = processed + self.overcount, 0
+        return UploadResult(processed=processed, duplicates=duplicates)
 
 
 def unavailable():
@@ -313,6 +326,10 @@ def test_given_set_aside_call_when_retried_after_fix_then_delivered(outbox, crm,
     (400, "Account does not exist."),
     (400, "Telephony not enabled or not supports calls upload"),
     (404, "HTML page instead of JSON (Not Found): the account does not exist or crm_url is not a retailCRM address"),
+    (404, "API method not found"),
+    (404, "Not found"),
+    (405, "Method Not Allowed"),
+    (200, "Telephony not enabled or not supports calls upload"),
 ])
 def test_given_account_refused_when_drained_then_nothing_set_aside(outbox, crm, clock, status, message):
     fill(outbox, 60)
@@ -348,6 +365,92 @@ def test_given_account_refused_repeatedly_then_error_logged_once_per_streak(outb
 
     assert len(caplog.records) == 2
     assert all("acme" in r.getMessage() for r in caplog.records)
+
+
+def test_given_account_refused_when_drained_then_last_error_names_it_until_delivered(outbox, crm, clock):
+    fill(outbox, 2)
+    crm.failures = [CrmRejected(ACME, "API method not found", 404, None, "/upload")]
+    sender = make_sender(outbox, {ACME: crm}, clock)
+
+    sender.drain_once(ACME)
+    assert sender.last_error == {ACME: "HTTP 404: API method not found"}  # what /healthz shows
+
+    advance_to_next_due(outbox, clock)
+    assert sender.drain_once(ACME) == 2
+    assert sender.last_error == {}
+
+
+# --- processedCallsCount ------------------------------------------------------------------------
+
+def test_given_count_one_short_when_drained_then_unconfirmed_calls_resent_once_and_delivered(outbox, crm, clock,
+                                                                                             caplog):
+    fill(outbox, 5)
+    crm.stored.append("call-001")
+    crm.undercount = 1
+
+    with caplog.at_level(logging.WARNING, logger="fs_crm.history"):
+        assert make_sender(outbox, {ACME: crm}, clock).drain_once(ACME) == 5
+
+    # The duplicate is sure; the four others go again and come back as duplicates.
+    assert crm.uploads == [ids(5), ["call-000", "call-002", "call-003", "call-004"]]
+    assert crm.stored == ["call-001", "call-000", "call-002", "call-003", "call-004"]
+    assert outbox.stats().pending == 0 and outbox.failed() == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("accounted for 4 of 5" in w and ", ".join(ids(5)) in w for w in warnings)
+
+
+def test_given_call_never_counted_when_drained_then_set_aside_after_one_resend(outbox, crm, clock, caplog):
+    fill(outbox, 4)
+    crm.dropped = {"call-002"}
+    sender = make_sender(outbox, {ACME: crm}, clock)
+
+    with caplog.at_level(logging.ERROR, logger="fs_crm.history"):
+        assert sender.drain_once(ACME) == 3
+
+    assert crm.uploads == [ids(4), ids(4)]
+    assert [i.external_id for i in outbox.failed()] == ["call-002"]
+    assert outbox.stats().pending == 0
+    [error] = caplog.records
+    assert "acme" in error.getMessage() and "call-002" in error.getMessage()
+    assert "accounted for 3 of 4" in sender.last_error[ACME]
+
+
+def test_given_count_higher_than_batch_when_drained_then_delivered_and_logged(outbox, crm, clock, caplog):
+    fill(outbox, 3)
+    crm.overcount = 2
+
+    with caplog.at_level(logging.WARNING, logger="fs_crm.history"):
+        assert make_sender(outbox, {ACME: crm}, clock).drain_once(ACME) == 3
+
+    assert len(crm.uploads) == 1
+    assert any("accounted for 5 of 3" in r.getMessage() and "call-000" in r.getMessage() for r in caplog.records)
+
+
+def test_given_no_count_when_drained_then_delivered(outbox, clock):
+    class Countless(FakeCrm):
+        def upload_calls(self, calls):
+            super().upload_calls(calls)
+            return UploadResult(processed=None, duplicates=())
+
+    crm = Countless()
+    fill(outbox, 2)
+
+    assert make_sender(outbox, {ACME: crm}, clock).drain_once(ACME) == 2
+    assert crm.uploads == [ids(2)]
+
+
+def test_given_short_count_while_isolating_bad_call_then_each_good_call_stored_once(outbox, crm, clock):
+    fill(outbox, 8)
+    crm.poisoned = {"call-006"}  # the whole batch is refused, then its first half is counted one short
+    crm.undercount = 1
+    sender = make_sender(outbox, {ACME: crm}, clock)
+
+    assert sender.drain_once(ACME) == 7
+
+    assert [i.external_id for i in outbox.failed()] == ["call-006"]
+    assert sorted(crm.stored) == [i for i in ids(8) if i != "call-006"]
+    assert crm.uploads[:3] == [ids(8), ids(8)[:4], ids(8)[:4]]  # refused, short, resent
+    assert ids(8)[4:] not in crm.uploads  # the second half holds the bad call: split without sending it whole
 
 
 # --- running and stopping -----------------------------------------------------------------------

@@ -83,8 +83,12 @@ def _card_maker(call: Call, account: AccountConfig, at_us: int):
     external_phone, site = company_number(call, customer, account)
 
     def card(kind: str, codes: list[str], status: str | None = None) -> CallEvent:
+        # The extension map is where fs-crm knows a manager's CRM user id (registration sends the
+        # same pairs as additionalCodes); a code without a user there goes by code alone.
+        user_ids = dict.fromkeys(uid for uid in map(account.user_id_of, codes) if uid is not None)
         return CallEvent(account=account.name, type=kind, phone=phone, codes=tuple(codes), call_id=call.id,
-                         created_at=at_us / US, external_phone=external_phone, site=site, hangup_status=status)
+                         created_at=at_us / US, external_phone=external_phone, site=site, hangup_status=status,
+                         user_ids=tuple(user_ids))
 
     return direction, card
 

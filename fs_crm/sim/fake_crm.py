@@ -1,4 +1,10 @@
-"""A fake retailCRM over real HTTP on 127.0.0.1 (tests and `make demo`): validates like the real one, records, fails on command."""
+"""A fake retailCRM over real HTTP on 127.0.0.1 (tests and `make demo`): validates like the real one, records, fails on command.
+
+Where it is unsure what the real API accepts it accepts (and records, e.g. `extra_fields`), so a
+test can still assert what fs-crm sends; where the official clients document an answer shape
+(errors as a list or a map, `info: []`, a 2xx with `"success": "false"`, HTML pages, 404 "API method
+not found", 405), `answer_next` gives exactly that shape.
+"""
 
 from __future__ import annotations
 
@@ -38,6 +44,21 @@ _NGINX_503 = ("<html>\r\n<head><title>503 Service Temporarily Unavailable</title
               "</body>\r\n</html>\r\n")
 _HTML_502 = ("<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
              "<body><h1>502 Bad Gateway</h1></body></html>")
+_HTML_404 = ("<!DOCTYPE html><html><head><title>404 Not Found</title></head>"
+             "<body><h1>Not Found</h1></body></html>")
+_NGINX_405 = ("<html>\r\n<head><title>405 Not Allowed</title></head>\r\n<body>\r\n"
+              "<center><h1>405 Not Allowed</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
+
+# Answer shapes `answer_next` can give, each as an official client documents or tests it.
+SHAPES = (
+    "method_not_found",  # 404 {"success":false,"errorMsg":"API method not found"} (api-client-php issue #43)
+    "method_not_allowed",  # 405 text/html: PHP's AccountNotFoundHandler reads it as "Account does not exist."
+    "html",  # an HTML page instead of JSON (GO: a body starting with "<" is "Account does not exist.")
+    "success_string_false",  # 200 {"success":"false","errorMsg":"Telephony not enabled..."} (PY tests)
+    "errors_list",  # 400, errors as a list (GO error_test.go TestFailure_ApiErrorsSlice)
+    "errors_map",  # 400, errors as a field -> message map (GO TestFailure_ApiErrorsMap)
+    "info_list",  # 200 {"success":true,"info":[]}: an empty PHP array, not an object
+)
 
 
 class _Headers(dict):
@@ -94,6 +115,47 @@ class _Failure:
     content_type: str
 
 
+@dataclass
+class _Canned:
+    shape: str
+    path: str | None  # only requests whose path starts with this; None: any request
+    status: int | None
+
+
+def _shaped(shape: str, path: str, status: int | None) -> _Answer:
+    if shape == "method_not_found":
+        return _json(status or 404, {"success": False, "errorMsg": "API method not found"})
+    if shape == "method_not_allowed":
+        return _Answer(status or 405, _NGINX_405, "text/html")
+    if shape == "html":
+        return _Answer(status or 404, _HTML_404, "text/html; charset=UTF-8")
+    if shape == "success_string_false":
+        # The Python client's mocks: the upload and the event each have their own message.
+        msg = ("Telephony not enabled or not supports calls upload" if path.endswith("/calls/upload")
+               else "Telephony not enabled")
+        return _json(status or 200, {"success": "false", "errorMsg": msg})
+    if shape == "errors_list":
+        return _json(status or 400, {"success": False, "errorMsg": "Errors in the entity format",
+                                     "errors": ["The phone of the first call is not valid."]})
+    if shape == "errors_map":
+        return _json(status or 400, {"success": False, "errorMsg": "Errors in the entity format",
+                                     "errors": {"calls[0].code": "This value is not valid."}})
+    if shape == "info_list":
+        return _json(status or 200, {"success": True, "info": []})
+    raise ValueError("unknown answer shape %r (known: %s)" % (shape, ", ".join(SHAPES)))
+
+
+def customer(customer_id: int, first_name: str, last_name: str = "", phones: Iterable[str] = (), **more: Any) -> dict:
+    """A customer as the manager lookup gives it with details=1 (PHP SerializedCustomer):
+    id, externalId, firstName, lastName, patronymic, email, phones [{number}]."""
+    out: dict[str, Any] = {"id": customer_id, "firstName": first_name}
+    if last_name:
+        out["lastName"] = last_name
+    out.update(more)  # externalId, patronymic, email
+    out["phones"] = [{"number": p} for p in phones]
+    return out
+
+
 class FakeCrm:
     """One fake CRM serving any number of accounts (one per API key)."""
 
@@ -112,11 +174,21 @@ class FakeCrm:
         self.stall_seconds = 5.0
         self.reject_external_ids: set[str] = set()
         self.managers: dict[str, dict] = {}
+        # phone -> customer (see `customer()`), given by the manager lookup with details=1.
+        self.customers: dict[str, dict] = {}
+        # Fields the fake accepted without knowing them, e.g. "event.foo" or "calls[0].bar": the
+        # real API's stance on unknown fields is undocumented, so they are recorded, not refused.
+        self.extra_fields: list[str] = []
+        # The next uploads store every call but answer processedCallsCount one too low.
+        self.undercount_uploads = 0
+        # Calls answered as processed (success true) but neither stored nor counted: a CRM losing them.
+        self.silently_drop: set[str] = set()
         self.modules: dict[tuple[str, str], dict] = {}  # (account, module code) -> module as last sent
         self.manager_delay = 0.0
         self._mode, self._mode_status = "ok", None
         self._unstall = gevent.event.Event()  # set to release requests stalling right now
         self._failures: list[_Failure] = []
+        self._canned: list[_Canned] = []
         self._accepted_ids: dict[str, set[str]] = {}  # account -> externalIds accepted so far
         self._arrivals: dict[str, list[float]] = {"telephony": [], "general": []}
         self._lock = threading.Lock()
@@ -170,6 +242,13 @@ class FakeCrm:
         with self._lock:
             self._failures.extend(_Failure(status, body, content_type) for _ in range(n))
 
+    def answer_next(self, shape: str, n: int = 1, path: str | None = None, status: int | None = None) -> None:
+        """The next n requests (only those whose path starts with `path`, when given) get one of
+        SHAPES instead of being processed; `status` overrides the shape's usual one."""
+        _shaped(shape, path or "", status)  # unknown shapes fail here, not in the server
+        with self._lock:
+            self._canned.extend(_Canned(shape, path, status) for _ in range(n))
+
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0) -> bool:
         return wait_for(predicate, timeout)
 
@@ -214,6 +293,12 @@ class FakeCrm:
         return route
 
     def _answer(self, handler: Callable[[str, Received], _Answer], received: Received) -> _Answer:
+        with self._lock:
+            canned = next((c for c in self._canned if c.path is None or received.path.startswith(c.path)), None)
+            if canned is not None:
+                self._canned.remove(canned)
+        if canned is not None:
+            return _shaped(canned.shape, received.path, canned.status)
         telephony = received.path.startswith("/api/v5/telephony/")
         injected = self._injected(telephony)
         if injected is not None:
@@ -287,12 +372,16 @@ class FakeCrm:
             unknown = [c for c in event.get("codes") or [] if c not in self.known_codes]
             if unknown:
                 payload["notExistCodes"] = unknown
+        if self.known_user_ids is not None:
+            unknown_users = [u for u in event.get("userIds") or [] if u not in self.known_user_ids]
+            if unknown_users:
+                payload["notExistUsers"] = unknown_users
         return _json(200, payload)
 
     def _event_errors(self, event: dict) -> dict[str, str]:
         errors: dict[str, str] = {}
-        for name in sorted(set(event) - _EVENT_FIELDS):
-            errors[name] = "This form should not contain extra fields."
+        with self._lock:
+            self.extra_fields.extend("event.%s" % name for name in sorted(set(event) - _EVENT_FIELDS))
         if not isinstance(event.get("phone"), str) or not event["phone"].strip():
             errors["phone"] = "This value should not be blank."
         if event.get("type") not in vocab.EVENT_TYPES:
@@ -302,13 +391,12 @@ class FakeCrm:
             errors["codes"] = "This value should be a list of strings."
         if user_ids is not None and not (isinstance(user_ids, list) and all(_is_int(u) for u in user_ids)):
             errors["userIds"] = "This value should be a list of integers."
-        if not codes and not user_ids:
-            errors.setdefault("codes", "One of codes or userIds should not be blank.")
-        if "hangupStatus" in event:
-            if event.get("type") != vocab.EVENT_HANGUP:
-                errors["hangupStatus"] = "hangupStatus is allowed only for type hangup."
-            elif event["hangupStatus"] not in vocab.HANGUP_STATUSES:
-                errors["hangupStatus"] = "The value you selected is not a valid choice."
+        # Neither codes nor userIds is accepted: the official Python client's tests send
+        # {"phone", "type"} alone and the PHP model makes both optional (nobody gets a pop-up then).
+        # hangupStatus is accepted on any type: the v3 Python and .NET clients send it on in/out
+        # events too; only its value is checked.
+        if "hangupStatus" in event and event["hangupStatus"] not in vocab.HANGUP_STATUSES:
+            errors["hangupStatus"] = "The value you selected is not a valid choice."
         for name in ("externalPhone", "callExternalId"):
             if name in event and not isinstance(event[name], str):
                 errors[name] = "This value should be of type string."
@@ -339,15 +427,21 @@ class FakeCrm:
         with self._lock:
             seen = self._accepted_ids.setdefault(account, set())
             duplicates = []
+            processed = 0
             for call in calls:
+                if call["externalId"] in self.silently_drop:
+                    continue
                 if call["externalId"] in seen:
                     duplicates.append(call["externalId"])
                 else:
                     seen.add(call["externalId"])
                     self.calls.append(call)
+                    processed += 1
             self.uploads.append(calls)
-        return _json(200, {"success": True, "processedCallsCount": len(calls) - len(duplicates),
-                           "duplicateCalls": duplicates})
+            if self.undercount_uploads and processed:
+                self.undercount_uploads -= 1
+                processed -= 1
+        return _json(200, {"success": True, "processedCallsCount": processed, "duplicateCalls": duplicates})
 
     def _call_errors(self, i: int, call: Any, errors: dict[str, str]) -> None:
         def bad(name: str, msg: str) -> None:
@@ -356,8 +450,8 @@ class FakeCrm:
         if not isinstance(call, dict):
             errors["calls[%d]" % i] = "This value should be an object."
             return
-        for name in sorted(set(call) - _CALL_FIELDS):
-            bad(name, "This form should not contain extra fields.")
+        with self._lock:
+            self.extra_fields.extend("calls[%d].%s" % (i, name) for name in sorted(set(call) - _CALL_FIELDS))
         if not isinstance(call.get("date"), str) or not _DATE.fullmatch(call["date"]):
             bad("date", "This value is not a valid datetime (Y-m-d H:i:s).")
         if call.get("type") not in vocab.UPLOAD_TYPES:
@@ -387,11 +481,20 @@ class FakeCrm:
             return _error(400, "Parameter 'phone' is missing")
         if self.manager_delay:
             gevent.sleep(self.manager_delay)
-        payload: dict[str, Any] = {"success": True, "links": {"newOrderLink": "/orders/new",
-                                                             "newCustomerLink": "/customers/new"}}
+        payload: dict[str, Any] = {"success": True}
         manager = self.managers.get(phone)
         if manager is not None:
             payload["manager"] = manager
+        # details=1 adds the customer and links (PHP ManagerResponse; an unknown number gets only
+        # the "new" links). UNVERIFIED: what details=0 leaves out; here, both.
+        if received.query.get("details") == "1":
+            links = {"newOrderLink": "/orders/add?phone=%s" % phone,
+                     "newCustomerLink": "/customers/add?phone=%s" % phone}
+            found = self.customers.get(phone)
+            if found is not None:
+                payload["customer"] = found
+                links["customerLink"] = "/customers/%s" % found.get("id")
+            payload["links"] = links
         return _json(200, payload)
 
     def _module_edit(self, account: str, received: Received) -> _Answer:
