@@ -16,12 +16,16 @@ import gevent  # noqa: E402
 import gevent.event  # noqa: E402
 
 from fs_crm.config import Config, ConfigError, load_config  # noqa: E402
+from fs_crm.filemodes import private_dir  # noqa: E402
+from fs_crm.store.lock import StateLock, StateLockError  # noqa: E402
 
 logger = logging.getLogger("fs_crm")
 
 REQUIRED_SCOPES = ("telephony_read", "telephony_write")
 # Needed by later features (module registration, user status); missing ones are warned about.
 WANTED_SCOPES = ("integration_read", "integration_write", "user_read")
+# A standby looks at the state dir's lock this often, so it takes over within a second.
+STANDBY_POLL = 0.5
 
 
 def _setup_logging(level: str) -> None:
@@ -41,15 +45,46 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fs_crm.service import Service, StartupError
 
     config = _load(args)
-    service = Service(config)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(signum, service.request_stop)
     try:
-        return service.run_forever()
-    except StartupError as exc:
-        print("fs-crm: %s" % exc, file=sys.stderr)
-        service.stop()
+        private_dir(config.state.dir)
+        lock = StateLock(config.state.dir)
+        if not _wait_for_lock(lock):
+            return 0
+    except (OSError, StateLockError) as exc:
+        print("fs-crm: %s: [state] dir: %s" % (config.path, exc), file=sys.stderr)
         return 1
+    try:
+        service = Service(config)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            gevent.signal_handler(signum, service.request_stop)
+        try:
+            return service.run_forever()
+        except StartupError as exc:
+            print("fs-crm: %s" % exc, file=sys.stderr)
+            service.stop()
+            return 1
+    finally:
+        lock.release()
+
+
+def _wait_for_lock(lock: StateLock) -> bool:
+    """Become the active instance, waiting as a standby while another one is; False if told to stop first."""
+    if lock.try_acquire():
+        return True
+    logger.warning("another fs-crm is active on this state dir (%s, lock %s): this one waits as a standby and "
+                   "takes over when it stops", lock.holder(), lock.path)
+    stop = gevent.event.Event()
+    handlers = [gevent.signal_handler(signum, stop.set) for signum in (signal.SIGTERM, signal.SIGINT)]
+    try:
+        while not lock.try_acquire():
+            if stop.wait(timeout=STANDBY_POLL):
+                logger.info("standby stopped before taking over")
+                return False
+    finally:
+        for handler in handlers:
+            handler.cancel()
+    logger.warning("the state dir is free: this fs-crm is the active instance now")
+    return True
 
 
 def cmd_check(args: argparse.Namespace) -> int:

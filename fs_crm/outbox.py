@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fs_crm.filemodes import create_private_file, private_dir
+
 FILE_NAME = "outbox.sqlite3"
 SCHEMA_VERSION = 5
 PENDING = "pending"
@@ -198,9 +200,11 @@ class Outbox:
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            # Undelivered history holds customers' phone numbers: only the service's user reads it.
+            private_dir(path.parent)
+            create_private_file(path)
         except OSError as exc:
-            raise OutboxError("%s: cannot create directory: %s" % (path, exc.strerror)) from exc
+            raise OutboxError("%s: cannot create the state directory or file: %s" % (path, exc.strerror)) from exc
         with self._errors("open"):
             # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves.
             db = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,

@@ -22,6 +22,7 @@ from fs_crm.crm import CrmClient, RateLimiter
 from fs_crm.esl import EslConnection, EslListener
 from fs_crm.eslparse import Event
 from fs_crm.eslsession import EslError
+from fs_crm.filemodes import private_dir
 from fs_crm.history import HistorySender
 from fs_crm.http import HttpServer, build_app
 from fs_crm.outbound import OutboundServer
@@ -55,7 +56,7 @@ class Service:
     def __init__(self, config: Config, *, clock: Callable[[], float] = time.time):
         self.config = config
         self.clock = clock
-        config.state.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(config.state.dir)
         self.outbox = OffHubOutbox(Outbox(config.state.dir / "outbox.sqlite3"))
         # Accounts that share an API key share its rate budget.
         limiters: dict[str, RateLimiter] = {}
