@@ -7,6 +7,8 @@ call keep their order (an `in` is never overtaken by its `hangup`); different ca
 A `hangup` card closes the card on a manager's screen, so when that phone's ringing card never reached
 the CRM (dropped as stale or refused) its hangup is dropped too: the outcome does not depend on whether
 the CRM came back a moment before or after the hangup card aged out.
+Cards age on our own monotonic clock from the moment their event was received: FreeSWITCH's clock
+(the event's timestamp) may be minutes off ours, and a skew beyond card_max_age would drop every card.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ MAX_UNSHOWN = 10_000
 
 class CardSender:
     def __init__(self, clients: Mapping[str, CrmClient], delivery: DeliveryConfig,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.monotonic):
         self.clients = clients
         self.max_age = delivery.card_max_age
         self.clock = clock
@@ -44,13 +46,15 @@ class CardSender:
         self.dropped = 0
         self.last_error: dict[str, str] = {}
 
-    def submit(self, card: CallEvent) -> None:
-        """Never blocks the caller (the ESL reader): sending happens on a pooled greenlet."""
-        if self._too_old(card):
+    def submit(self, card: CallEvent, received_at: float | None = None) -> None:
+        """Never blocks the caller (the ESL reader): sending happens on a pooled greenlet.
+        `received_at` (this sender's clock): when the card's event arrived; default now."""
+        received_at = self.clock() if received_at is None else received_at
+        if self._too_old(card, received_at):
             self._settle(card, delivered=False)
             return
         previous = self._last_of_call.get(card.call_id)
-        greenlet = gevent.Greenlet(self._send, card, previous)
+        greenlet = gevent.Greenlet(self._send, card, received_at, previous)
         self._last_of_call[card.call_id] = greenlet
         greenlet.link(lambda g, call_id=card.call_id: self._forget(call_id, g))
         if self.pool.full():
@@ -63,8 +67,8 @@ class CardSender:
         if self._last_of_call.get(call_id) is greenlet:
             del self._last_of_call[call_id]
 
-    def _too_old(self, card: CallEvent) -> bool:
-        age = self.clock() - card.created_at
+    def _too_old(self, card: CallEvent, received_at: float) -> bool:
+        age = self.clock() - received_at
         if age > self.max_age:
             self.dropped += 1
             logger.warning("call %s account %s: dropping stale %s card for %s (%.1fs old)", card.call_id,
@@ -72,7 +76,7 @@ class CardSender:
             return True
         return False
 
-    def _send(self, card: CallEvent, previous: gevent.Greenlet | None) -> None:
+    def _send(self, card: CallEvent, received_at: float, previous: gevent.Greenlet | None) -> None:
         if previous is not None:
             previous.join()
         if card.type == vocab.EVENT_HANGUP and card.codes and all(
@@ -81,7 +85,7 @@ class CardSender:
             logger.warning("call %s account %s: dropping hangup card for %s: its ringing card never reached the CRM",
                            card.call_id, card.account, ",".join(card.codes))
             return
-        self._settle(card, delivered=self._deliver(card))
+        self._settle(card, delivered=self._deliver(card, received_at))
 
     def _settle(self, card: CallEvent, delivered: bool) -> None:
         """Remember which phones' ringing cards the CRM never got, so their hangups are not sent."""
@@ -95,10 +99,10 @@ class CardSender:
         while len(self._unshown) > MAX_UNSHOWN:
             del self._unshown[next(iter(self._unshown))]
 
-    def _deliver(self, card: CallEvent) -> bool:
+    def _deliver(self, card: CallEvent, received_at: float) -> bool:
         client = self.clients[card.account]
         delay = 0.25
-        while not self._too_old(card):
+        while not self._too_old(card, received_at):
             try:
                 # A ringing card must not wait behind the hangup cards of phones that stopped ringing.
                 client.send_event(card.to_api(), urgent=card.type != vocab.EVENT_HANGUP)

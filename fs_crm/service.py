@@ -65,7 +65,7 @@ class Service:
             limiter = limiters.setdefault(account.api_key, RateLimiter(config.delivery.telephony_rps,
                                                                        config.delivery.general_rps))
             self.clients[account.name] = CrmClient(account, config.delivery, limiter)
-        self.cards = CardSender(self.clients, config.delivery, clock=clock)
+        self.cards = CardSender(self.clients, config.delivery)
         self.history = HistorySender(self.outbox, self.clients, config.delivery)
         self.tracker = CallTracker(config.accounts)
         saved = self.outbox.calls_in_progress()

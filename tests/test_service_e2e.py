@@ -270,3 +270,15 @@ def test_given_finished_call_not_yet_on_disk_when_service_stops_then_it_is_queue
         assert restarted.tracker.active_calls() == 0
     finally:
         restarted.stop()
+
+
+@pytest.mark.parametrize("skew_s", [-3600, 3600], ids=["freeswitch-clock-behind", "freeswitch-clock-ahead"])
+def test_given_freeswitch_clock_skewed_beyond_card_max_age_when_call_rings_then_cards_still_shown(
+        fakes, state_dir, skew_s):
+    fs, crm = fakes
+    with running_service(fs, crm, state_dir, card_max_age=5.0):
+        call = fresh_call("in_answered_ringgroup", "skew%d" % skew_s, starts_at=time.time() + skew_s)
+        fs.play(call)
+        assert crm.wait_for(lambda: history_ids(crm) == [first_leg(call)], timeout=10)
+        assert crm.wait_for(lambda: [e["type"] for e in crm.events].count("hangup") >= 1, timeout=5)
+        assert "in" in [e["type"] for e in crm.events]
