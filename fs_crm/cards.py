@@ -23,6 +23,7 @@ import gevent.pool
 from fs_crm import vocab
 from fs_crm.config import DeliveryConfig
 from fs_crm.crm import CrmClient, CrmRejected, CrmUnavailable
+from fs_crm.greenlets import spawn
 from fs_crm.payloads import CallEvent
 
 logger = logging.getLogger(__name__)
@@ -54,12 +55,12 @@ class CardSender:
             self._settle(card, delivered=False)
             return
         previous = self._last_of_call.get(card.call_id)
-        greenlet = gevent.Greenlet(self._send, card, received_at, previous)
+        greenlet = spawn("card-%s" % card.call_id, self._send, card, received_at, previous, start=False)
         self._last_of_call[card.call_id] = greenlet
         greenlet.link(lambda g, call_id=card.call_id: self._forget(call_id, g))
         if self.pool.full():
             logger.warning("call %s: %d cards already in flight; this one waits", card.call_id, MAX_IN_FLIGHT)
-            gevent.spawn(self.pool.start, greenlet)
+            spawn("card-wait-%s" % card.call_id, self.pool.start, greenlet)
         else:
             self.pool.start(greenlet)
 

@@ -21,6 +21,7 @@ import gevent.lock
 from fs_crm.config import FreeswitchConfig
 from fs_crm.esl import EslConnection
 from fs_crm.eslsession import EslCommandError, EslError, EslUnavailable
+from fs_crm.greenlets import spawn
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class _Lane:
 
 class FreeswitchCommands:
     def __init__(self, config: FreeswitchConfig, on_connected: Callable[[], None] | None = None, *,
-                 spawn: Callable[[Callable[[], None]], object] = gevent.spawn):
+                 spawn: Callable[[Callable[[], None]], object] = lambda work: spawn("esl-commands-connected", work)):
         self.config = config
         # Run (through `spawn`, never in the caller's command) each time the fast lane's connection
         # is made: the commands that change FreeSWITCH's state (status pushes) travel on it.

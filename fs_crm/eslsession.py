@@ -3,7 +3,7 @@
 Every role uses it: the inbound event listener and the command client (fs_crm.esl,
 fs_crm.commands) and the outbound sessions FreeSWITCH opens for the `socket` application
 (fs_crm.outbound). The core owns the socket, the incremental FrameReader (fs_crm.eslparse), one
-reader greenlet (started through `spawn_reporting`, so a crash is logged and closes the session),
+reader greenlet (started through fs_crm.greenlets.spawn, so a crash is logged and closes the session),
 a send lock, the FIFO of commands waiting for their replies, per-command deadlines, and `close()`,
 which fails every waiter at once with the role's "unavailable" error. The roles add what differs:
 the inbound handshake and event dispatch, the outbound `connect` and disconnect notices.
@@ -29,7 +29,6 @@ import collections
 import logging
 import socket
 import time
-from typing import Callable
 
 import gevent
 import gevent.event
@@ -37,6 +36,7 @@ import gevent.lock
 
 from fs_crm import vocab
 from fs_crm.eslparse import Frame, FrameError, FrameReader
+from fs_crm.greenlets import spawn
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +65,6 @@ class EslTimeout(EslError):
 
 class EslCommandError(EslError):
     """FreeSWITCH answered a command with -ERR."""
-
-
-def spawn_reporting(name: str, run: Callable[[], None], on_crash: Callable[[gevent.Greenlet], None]) -> gevent.Greenlet:
-    """A named greenlet whose unexpected exception goes to `on_crash` (gevent would only print it)."""
-    greenlet = gevent.spawn(run)
-    greenlet.name = name
-    greenlet.link_exception(on_crash)
-    return greenlet
 
 
 def tune_socket(sock: socket.socket) -> None:
@@ -149,7 +141,7 @@ class EslSession:
         if self.sock is None or self.closed.is_set():
             raise self.Unavailable("%s: no socket to read (%s)" % (self.log_name, self.close_reason or "not connected"))
         tune_socket(self.sock)
-        self._reader = spawn_reporting(name, self._read_loop, self._crashed)
+        self._reader = spawn(name, self._read_loop, on_crash=self._crashed)
 
     def close(self, reason: str = "closed by fs-crm") -> None:
         if self.closed.is_set():
@@ -223,7 +215,7 @@ class EslSession:
             return
         pending.abandoned = True
         if not self.closed.is_set() and (self._watchdog is None or self._watchdog.dead):
-            self._watchdog = spawn_reporting("esl-reply-watchdog", self._watch_replies, self._crashed)
+            self._watchdog = spawn("esl-reply-watchdog", self._watch_replies, on_crash=self._crashed)
 
     def _watch_replies(self) -> None:
         """While an abandoned command is outstanding, close the connection once FreeSWITCH has
@@ -287,7 +279,7 @@ class EslSession:
             pending.result.set(frame)
 
     def _crashed(self, greenlet: gevent.Greenlet) -> None:
-        logger.error("%s: %s crashed: %r", self.log_name, greenlet.name, greenlet.exception)
+        # fs_crm.greenlets logged the traceback; the session cannot go on without its reader.
         self.close("%s crashed" % greenlet.name)
 
     # --- hooks for the roles ------------------------------------------------------------------

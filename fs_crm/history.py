@@ -32,6 +32,7 @@ from gevent.pool import Group
 from fs_crm import vocab
 from fs_crm.config import DeliveryConfig
 from fs_crm.crm import CrmError, CrmRejected, CrmUnavailable
+from fs_crm.greenlets import spawn
 from fs_crm.outbox import Outbox, OutboxError, OutboxItem
 
 if TYPE_CHECKING:
@@ -153,11 +154,11 @@ class HistorySender:
 
     def _spawn(self, func: Callable[..., None], *args: str) -> None:
         assert self._group is not None
-        greenlet = self._group.spawn(func, *args)
-        greenlet.link_exception(self._on_crash)
+        spawn("history-%s" % (args[0] if args else func.__name__.strip("_")), func, *args, on_crash=self._on_crash,
+              pool=self._group)
 
     def _on_crash(self, greenlet: gevent.Greenlet) -> None:
-        logger.error("history sender crashed; stopping it", exc_info=greenlet.exc_info)
+        logger.error("history sender stopping: %s crashed", greenlet.name)
         if self._crashed is None:
             self._crashed = greenlet.exception
         self._stopping = True

@@ -23,6 +23,7 @@ from fs_crm.esl import EslConnection, EslListener
 from fs_crm.eslparse import Event
 from fs_crm.eslsession import EslError
 from fs_crm.filemodes import private_dir
+from fs_crm.greenlets import spawn
 from fs_crm.history import HistorySender
 from fs_crm.http import HttpServer, build_app
 from fs_crm.outbound import OutboundServer
@@ -205,16 +206,14 @@ class Service:
 
     # --- lifecycle --------------------------------------------------------------------------
     def _spawn(self, name: str, func: Callable[[], None]) -> None:
-        greenlet = gevent.spawn(func)
-        greenlet.name = name
-        greenlet.link_exception(self._crashed)
+        greenlet = spawn(name, func, on_crash=self._crashed)
         # Short-lived ones (status pushes after each reconnect) come and go: keep only the living.
         self._greenlets = [g for g in self._greenlets if not g.dead]
         self._greenlets.append(greenlet)
 
     def _crashed(self, greenlet: gevent.Greenlet) -> None:
         # A dead worker must take the process down loudly rather than leave a zombie daemon.
-        logger.critical("%s crashed: %r; shutting down", greenlet.name, greenlet.exception)
+        logger.critical("%s crashed (traceback above): shutting down", greenlet.name)
         self._failure = greenlet.exception
         self._stop.set()
 

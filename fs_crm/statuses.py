@@ -12,6 +12,7 @@ import gevent.lock
 from fs_crm.commands import FreeswitchCommands
 from fs_crm.config import AccountConfig
 from fs_crm.eslsession import EslError
+from fs_crm.greenlets import spawn
 from fs_crm.outbox import Outbox, OutboxError
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class UserStatuses:
                            account, extension, exc)
         self._statuses[(account, extension)] = status
         logger.info("account %s: extension %s (user %s) is now %s", account, extension, user_id, status)
-        gevent.spawn(self._push, account, extension, True)
+        spawn("status-push-%s" % extension, self._push, account, extension, True)
 
     def _push(self, account: str, extension: str, always: bool = False) -> bool:
         """Send the extension's current status; without `always`, only if FreeSWITCH has not
