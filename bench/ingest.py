@@ -252,7 +252,7 @@ def run_fscrm(blaster: Blaster, events: int, profiler: cProfile.Profile | None =
     conn.stop()
     service.saver.stop()
     saver.join()
-    service.saver.save_once()
+    service.saver.save_all()
     stats = service.outbox.stats()
     service.outbox.close()
     for client in service.clients.values():

@@ -260,7 +260,7 @@ class Service:
         for greenlet in self._greenlets:
             greenlet.join(timeout=5.0)
         gevent.killall([g for g in self._greenlets if not g.dead], timeout=2.0)
-        if not self.saver.save_once():
+        if not self.saver.save_all():
             logger.error("fs-crm stopping with the state disk failing: %d finished call(s) could not be saved",
                          self.saver.unsaved)
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Container, Iterable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 from fs_crm.calls.legs import ROLE_EXTENSION, ROLE_EXTERNAL, US, Call, Leg, end_bridge
 
@@ -127,10 +127,21 @@ def end_unseen_legs(call: Call) -> None:
 
 
 # --- surviving a restart ----------------------------------------------------------------------------
+_CALL_FIELDS = tuple(f.name for f in fields(Call) if f.name != "legs")
+_LEG_FIELDS = tuple(f.name for f in fields(Leg) if f.name != "bridges")
+
+
 def call_data(call: Call) -> dict:
-    """One call in progress as plain JSON-able data (a row of the saved calls)."""
-    data = {f.name: getattr(call, f.name) for f in fields(Call) if f.name != "legs"}
-    data["legs"] = [asdict(leg) for leg in call.legs.values()]
+    """One call in progress as plain JSON-able data (a row of the saved calls). A copy: it is
+    serialised in the store's thread while the hub goes on changing the call. (dataclasses.asdict
+    did the same at three times the cost.)"""
+    data = {name: getattr(call, name) for name in _CALL_FIELDS}
+    legs = []
+    for leg in call.legs.values():
+        leg_data = {name: getattr(leg, name) for name in _LEG_FIELDS}
+        leg_data["bridges"] = [list(span) for span in leg.bridges]
+        legs.append(leg_data)
+    data["legs"] = legs
     return data
 
 

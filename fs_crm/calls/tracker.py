@@ -184,12 +184,21 @@ class CallTracker:
     # --- surviving a restart --------------------------------------------------------------------
     SNAPSHOT_VERSION = 1
 
-    def take_changes(self) -> tuple[dict[str, dict], list[str]]:
-        """What changed since the last call, to save: (call id -> row data) for calls in progress,
-        and the ids of calls gone (finished, merged). After a failed save, `keep_changes` them."""
-        dirty, self._dirty = self._dirty, set()
+    def take_changes(self, limit: int | None = None) -> tuple[dict[str, dict], list[str]]:
+        """What changed since the last call (at most `limit` calls of it), to save: (call id -> row
+        data) for calls in progress, and the ids of calls gone (finished, merged). After a failed
+        save, `keep_changes` them. Serialising is work on the hub: a flood of new calls is taken
+        in slices, never all at once."""
+        if limit is None or len(self._dirty) <= limit:
+            dirty, self._dirty = self._dirty, set()
+        else:
+            dirty = {self._dirty.pop() for _ in range(limit)}
         rows = {call_id: reconcile.call_data(self.calls[call_id]) for call_id in dirty if call_id in self.calls}
         return rows, [call_id for call_id in dirty if call_id not in self.calls]
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self._dirty)
 
     def keep_changes(self, call_ids) -> None:
         """The save failed: these are saved next time (with whatever they look like by then)."""
