@@ -13,6 +13,7 @@ Cards age on our own monotonic clock from the moment their event was received: F
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from typing import Callable, Mapping
@@ -24,6 +25,7 @@ from fs_crm import vocab
 from fs_crm.config import DeliveryConfig
 from fs_crm.crm import CrmClient, CrmRejected, CrmUnavailable
 from fs_crm.greenlets import spawn
+from fs_crm.lasterrors import LastErrors
 from fs_crm.payloads import CallEvent
 
 logger = logging.getLogger(__name__)
@@ -45,7 +47,11 @@ class CardSender:
         self._unshown: dict[tuple[str, str], None] = {}
         self.sent = 0
         self.dropped = 0
-        self.last_error: dict[str, str] = {}
+        # (account, card type, "sent" | "dropped" | "refused") -> cards, for /metrics.
+        self.outcomes: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        # When a card last reached the CRM, per account (epoch seconds), for /healthz.
+        self.last_success: dict[str, float] = {}
+        self.last_error = LastErrors()
 
     def submit(self, card: CallEvent, received_at: float | None = None) -> None:
         """Never blocks the caller (the ESL reader): sending happens on a pooled greenlet.
@@ -72,6 +78,7 @@ class CardSender:
         age = self.clock() - received_at
         if age > self.max_age:
             self.dropped += 1
+            self.outcomes[card.account, card.type, "dropped"] += 1
             logger.warning("call %s account %s: dropping stale %s card for %s (%.1fs old)", card.call_id,
                            card.account, card.type, ",".join(card.codes), age)
             return True
@@ -83,6 +90,7 @@ class CardSender:
         if card.type == vocab.EVENT_HANGUP and card.codes and all(
                 (card.call_id, code) in self._unshown for code in card.codes):
             self.dropped += 1
+            self.outcomes[card.account, card.type, "dropped"] += 1
             logger.warning("call %s account %s: dropping hangup card for %s: its ringing card never reached the CRM",
                            card.call_id, card.account, ",".join(card.codes))
             return
@@ -118,8 +126,12 @@ class CardSender:
                 self.last_error[card.account] = str(exc)
                 logger.error("call %s account %s: CRM refused the %s card: %s", card.call_id, card.account,
                              card.type, exc)
+                self.outcomes[card.account, card.type, "refused"] += 1
                 return False
             self.sent += 1
+            self.outcomes[card.account, card.type, "sent"] += 1
+            self.last_success[card.account] = time.time()
+            self.last_error.pop(card.account, None)
             logger.debug("call %s account %s: %s card delivered to %s", card.call_id, card.account, card.type,
                          ",".join(card.codes))
             return True

@@ -186,6 +186,12 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True)
+class HealthConfig:
+    # /healthz answers 503 once the oldest call waiting for the CRM has waited this long (seconds).
+    max_pending_age: float = 600.0
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     freeswitch: FreeswitchConfig
@@ -196,6 +202,7 @@ class Config:
     log_level: str = "INFO"
     storage: StorageConfig = StorageConfig()
     routing: RoutingConfig = RoutingConfig()
+    health: HealthConfig = HealthConfig()
 
     def account(self, name: str) -> AccountConfig:
         for acc in self.accounts:
@@ -204,7 +211,7 @@ class Config:
         raise KeyError(name)
 
 
-_SECTIONS = {"freeswitch", "http", "state", "delivery", "accounts", "logging", "storage", "routing"}
+_SECTIONS = {"freeswitch", "http", "state", "delivery", "accounts", "logging", "storage", "routing", "health"}
 
 
 class _Reader:
@@ -417,6 +424,10 @@ def parse_config(path: str, data: Mapping[str, Any], env: Mapping[str, str] | No
                             manager_timeout=r.number("manager_timeout", d_routing.manager_timeout, minimum=0.05))
     r.check_unknown()
 
+    r = _Reader(path, "health", data.get("health", {}))
+    health = HealthConfig(max_pending_age=r.number("max_pending_age", HealthConfig.max_pending_age, minimum=1))
+    r.check_unknown()
+
     raw_accounts = data.get("accounts")
     if not raw_accounts:
         raise ConfigError(path, "accounts", None, "at least one [[accounts]] table is required")
@@ -438,7 +449,7 @@ def parse_config(path: str, data: Mapping[str, Any], env: Mapping[str, str] | No
                 raise ConfigError(path, "accounts %r" % a.name, "domain",
                                   "two accounts share domain %r; calls could not be told apart" % a.domain)
     return Config(path=path, freeswitch=freeswitch, http=http, state=state, delivery=delivery,
-                  accounts=accounts, log_level=level, storage=storage, routing=routing)
+                  accounts=accounts, log_level=level, storage=storage, routing=routing, health=health)
 
 
 def _load_storage(r: _Reader, state_dir: Path) -> StorageConfig:

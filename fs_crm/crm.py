@@ -208,8 +208,11 @@ def _html_summary(text: str) -> str:
 class CrmClient:
     """retailCRM's API for one account: one HTTP session, one shared rate limiter."""
 
-    def __init__(self, account: AccountConfig, delivery: DeliveryConfig, limiter: RateLimiter | None = None):
+    def __init__(self, account: AccountConfig, delivery: DeliveryConfig, limiter: RateLimiter | None = None,
+                 observe: Callable[[str, str, float], None] | None = None):
         self.account = account
+        # Told (path, outcome, seconds) of every request: "ok" / "http_<status>" / "timeout" / "error".
+        self._observe = observe
         self._delivery = delivery
         self._limiter = limiter or RateLimiter(delivery.telephony_rps, delivery.general_rps)
         self._session = requests.Session()
@@ -324,6 +327,7 @@ class CrmClient:
         self._limiter.acquire(path, urgent)
         name = self.account.name
         started = time.monotonic()
+        outcome = "error"
         try:
             # No redirects: requests would carry X-API-KEY to wherever a redirect points, and a
             # POST turned into a GET by a redirect would be silently lost.
@@ -331,13 +335,18 @@ class CrmClient:
                                          timeout=(min(self._delivery.connect_timeout, read_timeout), read_timeout),
                                          allow_redirects=False)
             body = resp.content.decode("utf-8", errors="replace")
+            outcome = "ok" if resp.status_code < 300 else "http_%d" % resp.status_code
         except requests.Timeout as exc:
+            outcome = "timeout"
             raise CrmUnavailable(name, "%s after %.1f s" % (type(exc).__name__, time.monotonic() - started),
                                  path=path) from None
         except requests.RequestException as exc:
             # from None: the requests exception holds the prepared request, API key header included.
             raise CrmUnavailable(name, "%s: %s" % (type(exc).__name__, self._scrub(str(exc))[:_SNIPPET]),
                                  path=path) from None
+        finally:
+            if self._observe is not None:
+                self._observe(path, outcome, time.monotonic() - started)
         logger.debug("%s: %s %s -> HTTP %s in %.0f ms", name, method, path, resp.status_code,
                      (time.monotonic() - started) * 1000)
         return self._parse(path, resp.status_code, resp.headers.get("Content-Type", ""), body,

@@ -22,6 +22,7 @@ import json
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,7 @@ from fs_crm import vocab
 from fs_crm.config import DeliveryConfig
 from fs_crm.crm import CrmError, CrmRejected, CrmUnavailable
 from fs_crm.greenlets import spawn
+from fs_crm.lasterrors import LastErrors
 from fs_crm.outbox import Outbox, OutboxError, OutboxItem
 
 if TYPE_CHECKING:
@@ -101,7 +103,13 @@ class HistorySender:
         # current streak of account refusals was already logged at ERROR.
         self._failures: dict[str, int] = {}
         # The CRM's last complaint per account, until an upload succeeds again (for /healthz).
-        self.last_error: dict[str, str] = {}
+        self.last_error = LastErrors()
+        # (account, "delivered" | "deferred" | "set_aside") -> calls, and uploads per (account,
+        # "accepted" | "unavailable" | "refused"), for /metrics; the last accepted upload's time per
+        # account (epoch seconds), for /healthz.
+        self.calls: Counter[tuple[str, str]] = Counter()
+        self.uploads: Counter[tuple[str, str]] = Counter()
+        self.last_success: dict[str, float] = {}
         self._refused: set[str] = set()
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -250,10 +258,12 @@ class HistorySender:
             try:
                 result = client.upload_calls([item.payload for item in items])
             except CrmUnavailable as exc:
+                self.uploads[account, "unavailable"] += 1
                 self.last_error[account] = _reason(exc)
                 self._defer_unavailable(account, rest(items), exc)
                 return accepted, False
             except CrmRejected as exc:
+                self.uploads[account, "refused"] += 1
                 self.last_error[account] = _reason(exc)
                 if is_account_problem(exc):
                     self._defer_refused(account, rest(items), exc)
@@ -298,9 +308,12 @@ class HistorySender:
                     unconfirmed = [item for item in items if item.external_id not in duplicates]
             unsure = {item.external_id for item in unconfirmed}
             delivered = [item for item in items if item.external_id not in unsure]
+            self.uploads[account, "accepted"] += 1
+            self.last_success[account] = self._clock()
             if delivered:
                 self._outbox.mark_delivered(item.id for item in delivered)
                 accepted += len(delivered)
+                self.calls[account, "delivered"] += len(delivered)
             self._failures.pop(account, None)
             self.last_error.pop(account, None)
             self._refused.discard(account)
@@ -320,6 +333,7 @@ class HistorySender:
                 continue
             for item in unconfirmed:
                 self._outbox.set_aside(item.id, shortfall + ", even when sent again")
+            self.calls[account, "set_aside"] += len(unconfirmed)
             logger.error("%s: %s, even when sent again; set aside %d calls: check them in the CRM, then "
                          "retry them with retry_failed (already stored ones come back as duplicates): %s",
                          account, shortfall, len(unconfirmed), _ids(unconfirmed))
@@ -346,6 +360,7 @@ class HistorySender:
         delay = self.backoff(account)
         reason = _reason(exc)
         self._outbox.defer((item.id for item in items), delay, reason)
+        self.calls[account, "deferred"] += len(items)
         logger.warning("%s: CRM unavailable (%s); %d calls wait %.1f s: %s", account, reason, len(items),
                        delay, _ids(items))
 
@@ -353,6 +368,7 @@ class HistorySender:
         delay = self._jittered(self._delivery.retry_max_delay)
         reason = _reason(exc)
         self._outbox.defer((item.id for item in items), delay, reason)
+        self.calls[account, "deferred"] += len(items)
         if account in self._refused:
             logger.debug("%s: CRM still refuses the account (%s); %d calls wait %.1f s: %s", account,
                          reason, len(items), delay, _ids(items))
@@ -365,5 +381,6 @@ class HistorySender:
     def _set_aside(self, account: str, item: OutboxItem, exc: CrmRejected) -> None:
         reason = _reason(exc)
         self._outbox.set_aside(item.id, reason)
+        self.calls[account, "set_aside"] += 1
         logger.error("%s: CRM refused call %s (%s); set aside, retry it with retry_failed once fixed",
                      account, item.external_id, reason)

@@ -182,6 +182,8 @@ class OutboxStats:
     failed_by_account: dict[str, int] = field(default_factory=dict)
     held: int = 0  # calls waiting for their recording to be stored
     recordings: int = 0  # recording files not yet confirmed by the store
+    held_by_account: dict[str, int] = field(default_factory=dict)
+    oldest_pending_by_account: dict[str, float] = field(default_factory=dict)
 
 
 class Outbox:
@@ -426,7 +428,8 @@ class Outbox:
         since = self._clock() - recent
         with self._read("stats") as db:
             counts = db.execute("SELECT account, state, COUNT(*) FROM outbox GROUP BY account, state").fetchall()
-            oldest = db.execute("SELECT MIN(created_at) FROM outbox WHERE state = 'pending'").fetchone()[0]
+            oldest_by_account = dict(db.execute("SELECT account, MIN(created_at) FROM outbox WHERE state = 'pending'"
+                                                " GROUP BY account").fetchall())
             delivered = db.execute("SELECT COUNT(*) FROM delivered WHERE delivered_at >= ?",
                                    (since,)).fetchone()[0]
             recordings = db.execute("SELECT COUNT(*) FROM recordings").fetchone()[0]
@@ -435,9 +438,10 @@ class Outbox:
             by_state[state][account] = count
         return OutboxStats(
             pending=sum(by_state[PENDING].values()), failed=sum(by_state[FAILED].values()),
-            oldest_pending_at=oldest, delivered_recently=delivered,
+            oldest_pending_at=min(oldest_by_account.values(), default=None), delivered_recently=delivered,
             pending_by_account=by_state[PENDING], failed_by_account=by_state[FAILED],
-            held=sum(by_state[HELD].values()), recordings=recordings)
+            held=sum(by_state[HELD].values()), recordings=recordings, held_by_account=by_state[HELD],
+            oldest_pending_by_account=oldest_by_account)
 
     def prune_delivered(self, older_than: float) -> int:
         """Forget delivered ids whose delivery time (epoch seconds) is before `older_than`."""

@@ -12,6 +12,7 @@ from typing import Callable
 import gevent
 import gevent.event
 
+from fs_crm import __version__
 from fs_crm.callbacks import make_app as make_callbacks_app
 from fs_crm.calls import CallTracker, parse_live_channels
 from fs_crm.cards import CardSender
@@ -26,6 +27,7 @@ from fs_crm.filemodes import private_dir
 from fs_crm.greenlets import spawn
 from fs_crm.history import HistorySender
 from fs_crm.http import HttpServer, build_app
+from fs_crm.metrics import ServiceMetrics
 from fs_crm.outbound import OutboundServer
 from fs_crm.outbox import NewCall, Outbox, OutboxError, RecordingFile
 from fs_crm.payloads import CallEvent, CallRecord
@@ -59,13 +61,17 @@ class Service:
         self.clock = clock
         private_dir(config.state.dir)
         self.outbox = OffHubOutbox(Outbox(config.state.dir / "outbox.sqlite3"))
+        self.metrics = ServiceMetrics(self)
+        self.events_in = 0
+        self.last_event_at: float | None = None
         # Accounts that share an API key share its rate budget.
         limiters: dict[str, RateLimiter] = {}
         self.clients: dict[str, CrmClient] = {}
         for account in config.accounts:
             limiter = limiters.setdefault(account.api_key, RateLimiter(config.delivery.telephony_rps,
                                                                        config.delivery.general_rps))
-            self.clients[account.name] = CrmClient(account, config.delivery, limiter)
+            self.clients[account.name] = CrmClient(account, config.delivery, limiter,
+                                                   observe=self.metrics.crm_observer(account.name))
         self.cards = CardSender(self.clients, config.delivery)
         self.history = HistorySender(self.outbox, self.clients, config.delivery)
         self.tracker = CallTracker(config.accounts)
@@ -91,7 +97,7 @@ class Service:
         self.routing = OutboundServer(config.routing, self.router.handle) if config.routing.enabled else None
         self.store: RecordingStore | None = None
         self.recordings: RecordingUploader | None = None
-        parts = [make_callbacks_app(self.click_to_call, self.statuses, accounts)]
+        parts = [make_callbacks_app(self.click_to_call, self.statuses, accounts), self.metrics.make_app()]
         if config.storage.backend:
             self.store = build_store(config)
             codec = TokenCodec(load_secret(config.storage.url_secret, config.state.dir))
@@ -107,6 +113,8 @@ class Service:
 
     # --- the ESL side: runs in the reader greenlet, so it only tracks and enqueues ----------------
     def on_event(self, event: Event) -> None:
+        self.events_in += 1
+        self.last_event_at = self.clock()
         self._apply(self.tracker.handle(event))
 
     def _apply(self, effects: list[CallEvent | CallRecord]) -> None:
@@ -273,24 +281,54 @@ class Service:
                     stats.pending, stats.failed, self.tracker.active_calls())
 
     def health(self) -> tuple[bool, dict]:
+        """(healthy, details) for /healthz: unhealthy while FreeSWITCH's event socket is down, the
+        state disk fails, or an account's history has waited longer than [health] max_pending_age."""
+        now = self.clock()
+        reasons = []
+        if not self.listener.connected:
+            reasons.append("FreeSWITCH event socket down: %s" % (self.listener.last_error or "not connected yet"))
+        if self.saver.failing_since is not None:
+            reasons.append("state disk failing since %s: %s" % (_iso(self.saver.failing_since), self.saver.last_error))
         try:
             stats = self.outbox.stats()
         except OutboxError as exc:
-            return False, {"esl_connected": self.listener.connected, "state": self.saver.health(),
-                           "outbox_error": str(exc)}
+            reasons.append("outbox unreadable: %s" % exc)
+            stats = None
+        accounts = {}
+        for name in self.clients:
+            oldest = stats.oldest_pending_by_account.get(name) if stats else None
+            waited = max(0.0, now - oldest) if oldest is not None else 0.0
+            if waited > self.config.health.max_pending_age:
+                reasons.append("account %s: history has waited %.0f s for the CRM (max_pending_age %.0f): %s"
+                               % (name, waited, self.config.health.max_pending_age,
+                                  self.history.last_error.get(name) or "not sent yet"))
+            accounts[name] = {
+                "pending": stats.pending_by_account.get(name, 0) if stats else None,
+                "held": stats.held_by_account.get(name, 0) if stats else None,
+                "set_aside": stats.failed_by_account.get(name, 0) if stats else None,
+                "oldest_pending_age": round(waited, 1),
+                "last_upload_ok_at": _iso(self.history.last_success.get(name)),
+                "last_card_ok_at": _iso(self.cards.last_success.get(name)),
+                "last_history_error": self.history.last_error.report(name),
+                "last_card_error": self.cards.last_error.report(name),
+            }
         details = {
+            "healthy": not reasons,
+            "reasons": reasons,
+            "version": __version__,
             "esl_connected": self.listener.connected,
-            "command_connection_last_error": self.commands.last_error,
             "esl_last_error": self.listener.last_error,
+            "last_event_at": _iso(self.last_event_at),
+            "command_connection_last_error": self.commands.last_error,
             "calls_in_progress": self.tracker.active_calls(),
-            "outbox": {"pending": stats.pending, "failed": stats.failed, "held": stats.held,
-                       "recordings": stats.recordings, "oldest_pending_at": stats.oldest_pending_at},
-            "accounts": {name: {"last_history_error": self.history.last_error.get(name),
-                                "last_card_error": self.cards.last_error.get(name)} for name in self.clients},
+            "outbox": None if stats is None else {
+                "pending": stats.pending, "failed": stats.failed, "held": stats.held, "recordings": stats.recordings,
+                "oldest_pending_at": _iso(stats.oldest_pending_at)},
+            "accounts": accounts,
             "storage": None if self.recordings is None else {"last_error": self.recordings.last_error},
             "state": self.saver.health(),
         }
-        return self.listener.connected and self.saver.failing_since is None, details
+        return not reasons, details
 
     @property
     def failure(self) -> BaseException | None:
@@ -311,6 +349,13 @@ def build_store(config: Config) -> RecordingStore:
         return S3Store(storage.bucket, region=storage.region, endpoint_url=storage.endpoint_url,
                        prefix=storage.prefix)
     return LocalStore(storage.directory)
+
+
+def _iso(epoch: float | None) -> str | None:
+    """A time for /healthz: ISO 8601 in UTC, with its zone."""
+    if epoch is None:
+        return None
+    return dt.datetime.fromtimestamp(epoch, tz=dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _json_or_none(text: str):
