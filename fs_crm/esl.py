@@ -131,8 +131,11 @@ class EslListener:
 
     def __init__(self, config: FreeswitchConfig, on_event: Callable[[Event], None],
                  on_connected: Callable[[EslConnection], None], *, rng: Callable[[], float] = random.random,
-                 on_read_done: Callable[[], None] | None = None, clock: Callable[[], float] = time.time):
+                 on_read_done: Callable[[], None] | None = None, clock: Callable[[], float] = time.time,
+                 custom_events: tuple[str, ...] = vocab.SUBSCRIBED_CUSTOM):
         self.config = config
+        # CUSTOM subclasses subscribed besides the channel events (optional features).
+        self.custom_events = custom_events
         self.on_event = on_event
         self.on_read_done = on_read_done
         self.on_connected = on_connected
@@ -159,7 +162,7 @@ class EslListener:
             self.attempts += 1
             try:
                 conn.connect()
-                conn.command(vocab.subscribe_command())
+                conn.command(vocab.subscribe_command(self.custom_events))
                 self.connection = conn
                 self.connects += 1
                 logger.info("connected to FreeSWITCH at %s (connection %d)", address, self.connects)
@@ -179,6 +182,8 @@ class EslListener:
             finally:
                 self.connection = None
                 conn.close("supervisor restarting the connection")
+            if self._stopping.is_set():
+                break
             if time.monotonic() - started > self.HEALTHY_AFTER:
                 delay = self.config.reconnect_min_delay
             wait = delay * (0.5 + self.rng())

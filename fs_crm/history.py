@@ -49,7 +49,7 @@ PRUNE_INTERVAL = 3600.0
 IDLE_RECHECK = 60.0
 # Back-off while the outbox itself fails (a full or read-only state disk).
 STORE_RETRY_MIN = 1.0
-STORE_RETRY_MAX = 30.0
+STORE_RETRY_MAX = 5.0
 # Delays are drawn from [d * (1 - JITTER), d], so accounts that failed together retry apart.
 JITTER = 0.5
 

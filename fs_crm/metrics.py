@@ -16,8 +16,6 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from fs_crm.outbox import OutboxError
-
 if TYPE_CHECKING:
     from fs_crm.service import Service
 
@@ -94,10 +92,9 @@ class _Collector:
                        [((reason,), n) for reason, n in sorted(router.reasons.items())], ("reason",))
 
     def _outbox(self, svc: Service):
-        try:
-            stats = svc.outbox.stats()
-        except OutboxError:
-            return  # the state disk gauge says why
+        stats = svc.outbox_stats.stats
+        if stats is None:
+            return  # never read: the state disk gauge says why
         accounts = sorted(set(svc.clients) | set(stats.pending_by_account) | set(stats.failed_by_account))
         now = time.time()
         yield _gauge("fs_crm_outbox_pending_calls", "Finished calls waiting to be uploaded",

@@ -34,7 +34,7 @@ from fs_crm.payloads import CallEvent, CallRecord
 from fs_crm.recording_uploads import RecordingUploader
 from fs_crm.routing import CallRouter
 from fs_crm.statuses import UserStatuses
-from fs_crm.store.offhub import OffHubOutbox
+from fs_crm.store.offhub import OffHubOutbox, StatsCache
 from fs_crm.store.saver import StateSaver
 from recordings.base import RecordingStore, content_type_of
 from recordings.local import LocalStore
@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 ORPHAN_GRACE_SECONDS = 3.0
 HOUSEKEEPING_INTERVAL = 1.0
 SWEEP_INTERVAL = 600.0
+# /healthz turns unhealthy when the outbox's counts could not be read for this long.
+STATS_STALE_AFTER = 10.0
 SILENT_CALL_SECONDS = 3600.0
 
 
@@ -61,6 +63,7 @@ class Service:
         self.clock = clock
         private_dir(config.state.dir)
         self.outbox = OffHubOutbox(Outbox(config.state.dir / "outbox.sqlite3"))
+        self.outbox_stats = StatsCache(self.outbox)
         self.metrics = ServiceMetrics(self)
         self.events_in = 0
         self.last_event_at: float | None = None
@@ -92,8 +95,9 @@ class Service:
         # (on_connected). A new command connection alone only sends what FreeSWITCH has not
         # confirmed yet (a push that failed while it was down), so the two never push twice.
         self.commands.on_connected = self.statuses.push_unsent
-        self.click_to_call = ClickToCall(accounts, self.commands)
-        self.router = CallRouter(config.accounts, self.clients, self.statuses, self.commands, config.routing)
+        self.click_to_call = ClickToCall(accounts, self.commands, crm_clients=self.clients)
+        self.router = CallRouter(config.accounts, self.clients, self.statuses, self.commands, config.routing,
+                                 on_call=self._extension_on_call)
         self.routing = OutboundServer(config.routing, self.router.handle) if config.routing.enabled else None
         self.store: RecordingStore | None = None
         self.recordings: RecordingUploader | None = None
@@ -110,6 +114,13 @@ class Service:
         self._stop = gevent.event.Event()
         self._failure: BaseException | None = None
         self._greenlets: list[gevent.Greenlet] = []
+
+    def _extension_on_call(self, extension: str, domain: str) -> bool | None:
+        """For the router: the tracker knows every leg of every call in progress, as long as the
+        event socket is up (None: cannot tell)."""
+        if not self.listener.connected:
+            return None
+        return self.tracker.extension_on_call(extension, domain)
 
     # --- the ESL side: runs in the reader greenlet, so it only tracks and enqueues ----------------
     def on_event(self, event: Event) -> None:
@@ -226,6 +237,7 @@ class Service:
         self._stop.set()
 
     def start(self) -> None:
+        self.outbox_stats.refresh()
         stats = self.outbox.stats()
         logger.info("fs-crm starting: %d account(s), outbox %d pending, %d set aside", len(self.config.accounts),
                     stats.pending, stats.failed)
@@ -236,6 +248,7 @@ class Service:
         self._spawn("history-sender", self.history.run)
         self._spawn("housekeeping", self._housekeeping)
         self._spawn("state-saver", self.saver.run)
+        self._spawn("outbox-stats", self.outbox_stats.run)
         if self.recordings is not None:
             self._spawn("recording-uploader", self.recordings.run)
         self.started.set()
@@ -265,12 +278,14 @@ class Service:
         self.history.stop()
         self.commands.close()
         self.saver.stop()
+        self.outbox_stats.stop()
         for greenlet in self._greenlets:
             greenlet.join(timeout=5.0)
         gevent.killall([g for g in self._greenlets if not g.dead], timeout=2.0)
         if not self.saver.save_all():
-            logger.error("fs-crm stopping with the state disk failing: %d finished call(s) could not be saved",
-                         self.saver.unsaved)
+            logger.error("fs-crm stopping with the state disk failing: %d finished call(s) could not be saved; "
+                         "uploading them straight to the CRM", self.saver.unsaved)
+            self.saver.rescue(lambda account, payloads: self.clients[account].upload_calls(payloads))
         try:
             stats = self.outbox.stats()
         finally:
@@ -289,11 +304,11 @@ class Service:
             reasons.append("FreeSWITCH event socket down: %s" % (self.listener.last_error or "not connected yet"))
         if self.saver.failing_since is not None:
             reasons.append("state disk failing since %s: %s" % (_iso(self.saver.failing_since), self.saver.last_error))
-        try:
-            stats = self.outbox.stats()
-        except OutboxError as exc:
-            reasons.append("outbox unreadable: %s" % exc)
-            stats = None
+        # Counts read by the stats greenlet: a locked database must not make /healthz wait.
+        stats, age = self.outbox_stats.stats, self.outbox_stats.age()
+        if age is None or age > STATS_STALE_AFTER:
+            reasons.append("outbox not readable for %s: %s" % ("ever" if age is None else "%.0f s" % age,
+                                                               self.outbox_stats.error or "the state store is busy"))
         accounts = {}
         for name in self.clients:
             oldest = stats.oldest_pending_by_account.get(name) if stats else None

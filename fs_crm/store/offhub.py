@@ -8,11 +8,13 @@ writer and calls run in the order they were made.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
+import gevent.event
 from gevent.threadpool import ThreadPool
 
-from fs_crm.outbox import Outbox
+from fs_crm.outbox import Outbox, OutboxError
 
 
 class OffHubOutbox:
@@ -62,3 +64,38 @@ def _captured(func: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[bool
         return True, func(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - re-raised in the calling greenlet
         return False, exc
+
+
+class StatsCache:
+    """The outbox's counts, read once a second by a greenlet of its own: /healthz and /metrics answer
+    from here at once, even while the store's thread waits on a locked or failing database."""
+
+    REFRESH = 1.0
+
+    def __init__(self, outbox: OffHubOutbox, clock: Callable[[], float] = time.monotonic):
+        self._outbox = outbox
+        self._clock = clock
+        self.stats = None  # OutboxStats of the last successful read
+        self.read_at: float | None = None
+        self.error: str | None = None
+        self._stopping = gevent.event.Event()
+
+    def refresh(self) -> None:
+        try:
+            self.stats = self._outbox.stats()
+        except OutboxError as exc:
+            self.error = str(exc)
+            return
+        self.read_at = self._clock()
+        self.error = None
+
+    def age(self) -> float | None:
+        """Seconds since the counts were last read; None if never."""
+        return None if self.read_at is None else self._clock() - self.read_at
+
+    def run(self) -> None:
+        while not self._stopping.wait(timeout=self.REFRESH):
+            self.refresh()
+
+    def stop(self) -> None:
+        self._stopping.set()

@@ -17,8 +17,11 @@ from collections.abc import Callable
 import gevent.event
 
 from fs_crm.calls import CallTracker
+from fs_crm.crm import CrmError
+from fs_crm.outages import capped
 from fs_crm.outbox import NewCall, OutboxError
 from fs_crm.payloads import CallRecord
+from fs_crm.vocab import MAX_CALLS_PER_UPLOAD
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +31,8 @@ SAVE_INTERVAL = 1.0
 # in slices, one after the other, so the hub never stalls for the whole set.
 SAVE_SLICE = 1000
 RETRY_MIN_DELAY = 0.2
-RETRY_MAX_DELAY = 30.0
+# Short: a retry on a full disk costs one failed write, and space may come back any moment.
+RETRY_MAX_DELAY = 5.0
 # While the disk fails, one line this often says what waits.
 REPORT_INTERVAL = 60.0
 # Finished calls kept in memory while the disk fails. Beyond it (days of a full disk at a busy PBX)
@@ -59,8 +63,9 @@ class StateSaver:
     # --- from the ESL side (the reader greenlet) ---------------------------------------------
     def add_finished(self, record: CallRecord) -> None:
         self._finished.append(record)
-        if len(self._finished) > self._max_unsaved:
-            self._spill(self._finished.pop(0))
+        if self.failing_since is not None and len(self._finished) > self._max_unsaved:
+            self._spill(self._finished.pop(0), "more than %d finished calls wait for the failing state disk"
+                        % self._max_unsaved)
 
     def save_soon(self) -> None:
         """After a socket read: the saver runs as soon as the reader waits, or yields, for more bytes."""
@@ -143,12 +148,35 @@ class StateSaver:
             self.failing_since = None
             self.last_error = None
 
-    def _spill(self, record: CallRecord) -> None:
+    def rescue(self, upload: Callable[[str, list[dict]], None]) -> int:
+        """At stop, with the disk still failing: what never reached the disk goes straight to the CRM
+        (`upload(account, payloads)`, 50 at a time), and what the CRM does not take either is written
+        to the log in full. Returns how many calls went to the log."""
+        by_account: dict[str, list[CallRecord]] = {}
+        for record in self._finished:
+            by_account.setdefault(record.account, []).append(record)
+        self._finished = []
+        spilled = 0
+        for account, records in by_account.items():
+            for start in range(0, len(records), MAX_CALLS_PER_UPLOAD):
+                batch = records[start:start + MAX_CALLS_PER_UPLOAD]
+                try:
+                    upload(account, [self._new_call(r).payload for r in batch])
+                except CrmError as exc:
+                    for record in batch:
+                        self._spill(record, "stopping with the state disk failing and the CRM refusing it (%s)"
+                                    % exc)
+                    spilled += len(batch)
+                    continue
+                logger.warning("account %s: %d finished call(s) the failing state disk never took were uploaded "
+                               "straight to the CRM at stop: %s", account, len(batch), capped(r.external_id for r in batch))
+        return spilled
+
+    def _spill(self, record: CallRecord, why: str) -> None:
         self.spilled += 1
-        logger.critical("call %s account %s: more than %d finished calls wait for the failing state disk; this "
-                        "one is kept only in this log line, to be entered by hand: %s", record.external_id,
-                        record.account, self._max_unsaved,
-                        json.dumps(record.to_api(), ensure_ascii=False, separators=(",", ":")))
+        logger.critical("call %s account %s: %s; this call is kept only in this log line, to be entered by hand: "
+                        "%s", record.external_id, record.account, why,
+                        json.dumps(self._new_call(record).payload, ensure_ascii=False, separators=(",", ":")))
 
     def health(self) -> dict:
         return {"ok": self.failing_since is None, "failing_since": self.failing_since,
