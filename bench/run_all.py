@@ -18,10 +18,10 @@ import gevent  # noqa: E402
 from common import banner  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-# (script, seconds it may take before it is stopped); together they take about two and a half minutes on 2 cores
-# (one more with FreeSWITCH installed, for live_card_latency.py).
+# (script, seconds it may take before it is stopped); together they take about five minutes on 2 cores
+# (stall.py about two and a half of them; one more with FreeSWITCH installed, for live_card_latency.py).
 SCRIPTS = (("ingest.py", 150.0), ("card_latency.py", 120.0), ("backlog.py", 90.0), ("playback.py", 90.0),
-           ("click_to_call.py", 90.0), ("routing.py", 90.0),
+           ("click_to_call.py", 90.0), ("routing.py", 90.0), ("stall.py", 420.0),
            # Prints one skipped line when FreeSWITCH and SIPp are not installed.
            ("live_card_latency.py", 180.0))
 

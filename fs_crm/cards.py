@@ -26,6 +26,7 @@ from fs_crm.config import DeliveryConfig
 from fs_crm.crm import CrmClient, CrmRejected, CrmUnavailable
 from fs_crm.greenlets import spawn
 from fs_crm.lasterrors import LastErrors
+from fs_crm.outages import Outage
 from fs_crm.payloads import CallEvent
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ MAX_IN_FLIGHT = 200
 # Phones (call, code) whose ringing card never reached the CRM, remembered for their hangup card; the
 # oldest go first, long after their calls ended, so a hangup that never comes cannot leak memory.
 MAX_UNSHOWN = 10_000
+FULL_POOL_LOG_EVERY = 60.0
 
 
 class CardSender:
@@ -51,6 +53,9 @@ class CardSender:
         self.outcomes: collections.Counter[tuple[str, str, str]] = collections.Counter()
         # When a card last reached the CRM, per account (epoch seconds), for /healthz.
         self.last_success: dict[str, float] = {}
+        self._outages = {account: Outage(logger, "%s: CRM" % account, "call cards are retried until they are "
+                                         "%.0f s old, then dropped" % self.max_age) for account in clients}
+        self._full_pool_logged_at = 0.0
         self.last_error = LastErrors()
 
     def submit(self, card: CallEvent, received_at: float | None = None) -> None:
@@ -65,7 +70,11 @@ class CardSender:
         self._last_of_call[card.call_id] = greenlet
         greenlet.link(lambda g, call_id=card.call_id: self._forget(call_id, g))
         if self.pool.full():
-            logger.warning("call %s: %d cards already in flight; this one waits", card.call_id, MAX_IN_FLIGHT)
+            now = time.monotonic()
+            if now - self._full_pool_logged_at >= FULL_POOL_LOG_EVERY:
+                self._full_pool_logged_at = now
+                logger.warning("call %s: %d cards already in flight (the CRM is slow or down); new cards wait for a "
+                               "free slot (said at most once a minute)", card.call_id, MAX_IN_FLIGHT)
             spawn("card-wait-%s" % card.call_id, self.pool.start, greenlet)
         else:
             self.pool.start(greenlet)
@@ -117,8 +126,9 @@ class CardSender:
                 client.send_event(card.to_api(), urgent=card.type != vocab.EVENT_HANGUP)
             except CrmUnavailable as exc:
                 self.last_error[card.account] = str(exc)
-                logger.warning("call %s account %s: %s card not delivered yet: %s", card.call_id, card.account,
-                               card.type, exc)
+                self._outages[card.account].failed(str(exc), lambda: "%d cards in flight" % len(self.pool))
+                logger.debug("call %s account %s: %s card not delivered yet: %s", card.call_id, card.account,
+                             card.type, exc)
                 gevent.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
@@ -132,6 +142,7 @@ class CardSender:
             self.outcomes[card.account, card.type, "sent"] += 1
             self.last_success[card.account] = time.time()
             self.last_error.pop(card.account, None)
+            self._outages[card.account].recovered()
             logger.debug("call %s account %s: %s card delivered to %s", card.call_id, card.account, card.type,
                          ",".join(card.codes))
             return True

@@ -1,4 +1,4 @@
-"""Command line: `fs-crm run | check | outbox | demo`."""
+"""Command line: `fs-crm run | check | outbox | playback | register | backfill | init | demo`, and `--version`."""
 
 # gevent must patch the standard library before requests, sqlite users or sockets are imported.
 from gevent import monkey
@@ -7,16 +7,23 @@ monkey.patch_all()
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
-import datetime as dt  # noqa: E402
+import importlib.metadata  # noqa: E402
 import logging  # noqa: E402
+import os  # noqa: E402
+import select  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
 
+from fs_crm import sdnotify  # noqa: E402
 from fs_crm.config import Config, ConfigError, load_config  # noqa: E402
 from fs_crm.filemodes import private_dir  # noqa: E402
+from fs_crm.greenlets import spawn  # noqa: E402
+from fs_crm.logformat import formatter  # noqa: E402
+from fs_crm.outbox import OutboxError  # noqa: E402
 from fs_crm.store.lock import StateLock, StateLockError  # noqa: E402
 
 logger = logging.getLogger("fs_crm")
@@ -28,16 +35,17 @@ WANTED_SCOPES = ("integration_read", "integration_write", "user_read")
 STANDBY_POLL = 0.5
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(level: str, log_format: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(log_format))
+    logging.basicConfig(level=getattr(logging, level), handlers=[handler], force=True)
     # urllib3 logs full URLs at DEBUG; they carry no key (it travels in a header) but are noise.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 
 def _load(args: argparse.Namespace) -> Config:
     config = load_config(args.config)
-    _setup_logging(args.log_level or config.log_level)
+    _setup_logging(args.log_level or config.log_level, config.log_format)
     return config
 
 
@@ -51,20 +59,42 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not _wait_for_lock(lock):
             return 0
     except (OSError, StateLockError) as exc:
-        print("fs-crm: %s: [state] dir: %s" % (config.path, exc), file=sys.stderr)
+        from fs_crm.preflight import os_problem
+
+        why = os_problem(exc, config.state.dir) if isinstance(exc, OSError) else exc
+        print("fs-crm: %s: [state] dir %s: %s" % (config.path, config.state.dir, why), file=sys.stderr)
         return 1
     try:
-        service = Service(config)
+        try:
+            service = Service(config)
+        except (OutboxError, OSError, ValueError) as exc:  # the outbox, the URL secret file
+            logger.debug("cannot build the service", exc_info=True)
+            print("fs-crm: %s: cannot start: %s" % (config.path, exc), file=sys.stderr)
+            return 1
+
+        def stop() -> None:
+            sdnotify.notify("STOPPING=1")
+            service.request_stop()
+
         for signum in (signal.SIGTERM, signal.SIGINT):
-            gevent.signal_handler(signum, service.request_stop)
+            gevent.signal_handler(signum, stop)
+        ready = spawn("sd-notify-ready", _notify_ready, service)
         try:
             return service.run_forever()
         except StartupError as exc:
             print("fs-crm: %s" % exc, file=sys.stderr)
             service.stop()
             return 1
+        finally:
+            ready.kill(block=False)
     finally:
         lock.release()
+
+
+def _notify_ready(service) -> None:
+    """systemd (Type=notify) counts the service as started once its ports listen (Service.start)."""
+    service.started.wait()
+    sdnotify.notify("READY=1", "STATUS=active; HTTP on %s:%d" % (service.config.http.listen_host, service.http.port))
 
 
 def _wait_for_lock(lock: StateLock) -> bool:
@@ -73,11 +103,14 @@ def _wait_for_lock(lock: StateLock) -> bool:
         return True
     logger.warning("another fs-crm is active on this state dir (%s, lock %s): this one waits as a standby and "
                    "takes over when it stops", lock.holder(), lock.path)
+    # Started as far as systemd is concerned: a standby may wait for ever.
+    sdnotify.notify("READY=1", "STATUS=standby: %s holds the state dir; takes over when it stops" % lock.holder())
     stop = gevent.event.Event()
     handlers = [gevent.signal_handler(signum, stop.set) for signum in (signal.SIGTERM, signal.SIGINT)]
     try:
         while not lock.try_acquire():
             if stop.wait(timeout=STANDBY_POLL):
+                sdnotify.notify("STOPPING=1")
                 logger.info("standby stopped before taking over")
                 return False
     finally:
@@ -88,13 +121,21 @@ def _wait_for_lock(lock: StateLock) -> bool:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Online: offline checks, then FreeSWITCH, the storage and each account's key. --offline: the
+    config, state dir, outbox, ports and local storage only (fs_crm.preflight), no network."""
     from fs_crm.crm import CrmClient, CrmError
     from fs_crm.esl import EslConnection
     from fs_crm.eslsession import EslError
+    from fs_crm.preflight import offline_checks
 
     config = _load(args)
-    ok = True
     print("config %s: OK (%d account(s))" % (config.path, len(config.accounts)))
+    checks = offline_checks(config, storage=args.offline)
+    for check in checks:
+        print(check.line())
+    ok = not any(check.failed for check in checks)
+    if args.offline:
+        return 0 if ok else 1
     fs = config.freeswitch
     conn = EslConnection(fs, lambda event: None)
     try:
@@ -149,28 +190,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
-    from fs_crm.outbox import Outbox
+    from fs_crm import outbox_cli
 
-    config = _load(args)
-    path = config.state.dir / "outbox.sqlite3"
-    if not path.exists():
-        print("no outbox yet at %s (nothing was ever queued)" % path)
-        return 0
-    outbox = Outbox(path)
-    try:
-        if args.retry:
-            count = outbox.retry_failed(args.account)
-            print("requeued %d call(s) that had been set aside" % count)
-        stats = outbox.stats()
-        oldest = ("none" if stats.oldest_pending_at is None else
-                  dt.datetime.fromtimestamp(stats.oldest_pending_at).isoformat(sep=" ", timespec="seconds"))
-        print("pending: %d\nset aside (failed): %d\noldest pending: %s" % (stats.pending, stats.failed, oldest))
-        for item in outbox.failed(limit=20):
-            print("  failed %s account %s after %d attempt(s): %s" % (item.external_id, item.account,
-                                                                     item.attempts, item.last_error))
-    finally:
-        outbox.close()
-    return 0
+    return outbox_cli.run(_load(args), args)
 
 
 def cmd_playback(args: argparse.Namespace) -> int:
@@ -210,7 +232,15 @@ def cmd_playback(args: argparse.Namespace) -> int:
         http = dataclasses.replace(http, listen_host=host, listen_port=port)
     server = HttpServer(http, build_app(health, make_app(store, codec, {a.name: a.client_id
                                                                             for a in config.accounts})))
-    server.start()
+    try:
+        server.start()
+    except OSError as exc:
+        from fs_crm.preflight import listen_problem
+
+        print("fs-crm playback: %s: %s %s:%d: cannot listen: %s" % (
+            config.path, "--listen" if args.listen else "[http] listen", http.listen_host, http.listen_port,
+            listen_problem(exc)), file=sys.stderr)
+        return 1
     stop = gevent.event.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stop.set)
@@ -280,6 +310,95 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_backfill(args: argparse.Namespace) -> int:
+    """Queue the history of calls fs-crm never saw over ESL, rebuilt from the CDRs mod_json_cdr
+    spooled while fs-crm was away (its err-log-dir). Calls the outbox already has, pending or
+    delivered, are skipped, so running it twice queues nothing new."""
+    import time
+    from pathlib import Path
+
+    from fs_crm.calls.cdr import CdrError, group_calls, missing_legs, parse_cdr, records_from_cdrs
+    from fs_crm.history_queue import new_calls, recording_links
+    from fs_crm.outbox import FILE_NAME, Outbox, OutboxError
+
+    config = _load(args)
+    directory = Path(args.dir)
+    try:
+        paths = sorted(path for path in directory.iterdir() if path.name.endswith(".cdr.json"))
+    except NotADirectoryError:
+        print("fs-crm backfill: %s is not a directory" % directory, file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print("fs-crm backfill: cannot read directory %s: %s" % (directory, exc.strerror or exc), file=sys.stderr)
+        return 2
+    legs, bad = [], 0
+    for path in paths:
+        try:
+            legs.append(parse_cdr(path.read_bytes()))  # the line names the file
+        except OSError as exc:
+            bad += 1
+            print("bad file %s: cannot read it: %s; skipped" % (path, exc.strerror or exc))
+        except CdrError as exc:
+            bad += 1
+            print("bad file %s: %s; skipped" % (path, exc))
+    records, incomplete, no_call = [], 0, 0
+    for group in group_calls(legs):
+        missing = missing_legs(group)
+        if missing and not args.partial:
+            incomplete += 1
+            print("incomplete call %s: no CDR of leg(s) %s, which its legs name; not queued (run again once "
+                  "they are in %s, or with --partial)" % (group[0].uuid, ", ".join(sorted(missing)), directory))
+            continue
+        found = records_from_cdrs(group, config.accounts)
+        no_call += not found
+        records.extend(found)
+    added: list[bool] = []
+    if records:
+        config.state.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            calls = new_calls(records, recording_links(config), time.time() + config.storage.max_wait)
+            outbox = Outbox(config.state.dir / FILE_NAME)
+            try:
+                added = outbox.add_calls(calls)
+            finally:
+                outbox.close()
+        except (OutboxError, OSError, ValueError) as exc:  # the outbox, or the recording URL secret
+            print("fs-crm backfill: %s; nothing queued" % exc, file=sys.stderr)
+            return 1
+    for record, new in zip(records, added, strict=True):
+        print("%s %s account %s: %s %s %s, talk %ss, waited %ss, %s" % (
+            "queued" if new else "skipped (already queued or delivered)", record.external_id, record.account,
+            record.type, record.result, record.code or "-", record.duration, record.duration_waiting, record.date))
+    queued = sum(added)
+    print("%d CDR file(s): %d call(s) queued, %d already known, %d incomplete, %d bad file(s); "
+          "%d group(s) of legs made no CRM call (internal, or no account matches)" % (
+              len(paths), queued, len(added) - queued, incomplete, bad, no_call))
+    return 1 if bad or incomplete else 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Write the example config, the systemd unit and the FreeSWITCH snippets into DIR."""
+    from fs_crm.conffiles import CONFIG_NAME, UNIT_NAME, ConfFilesMissing, write_conf
+
+    directory = Path(args.dir)
+    try:
+        written = write_conf(directory, force=args.force)
+    except ConfFilesMissing as exc:
+        print("fs-crm init: %s" % exc, file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print("fs-crm init: cannot write %s: %s" % (exc.filename or directory, exc.strerror or exc), file=sys.stderr)
+        return 1
+    for item in written:
+        print("%s %s%s" % (item.action, item.path, " (it exists; --force overwrites it)" if item.action == "kept" else ""))
+    config = directory / CONFIG_NAME
+    print("next: fill in %s (secrets go in the environment, see its comments), then run\n"
+          "  fs-crm check --offline -c %s\n"
+          "The comments at the top of %s say how to install it as a systemd service."
+          % (config, config, directory / UNIT_NAME))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from fs_crm.demo import run_demo
 
@@ -294,9 +413,36 @@ def _host_port(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("fs-crm")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        from fs_crm import __version__
+
+        return __version__
+
+
+def _stdout_gone() -> bool:
+    """After a BrokenPipeError: True if stdout is a pipe whose reader has left (`fs-crm outbox | head -1`),
+    not some socket. stdout then goes to /dev/null, so the interpreter's last flush cannot fail again."""
+    try:
+        fd = sys.stdout.fileno()
+        poller = monkey.get_original("select", "poll")()  # gevent's select has no poll()
+        poller.register(fd, select.POLLOUT)
+        gone = any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+    if gone:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    return gone
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fs-crm", description="FreeSWITCH to retailCRM bridge")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override [logging] level")
+    parser.add_argument("--version", action="version", version="fs-crm %s" % _version())
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -304,10 +450,17 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     with_config(sub.add_parser("run", help="run the daemon")).set_defaults(func=cmd_run)
-    with_config(sub.add_parser("check", help="check config, FreeSWITCH and CRM keys")).set_defaults(func=cmd_check)
+    p = with_config(sub.add_parser("check", help="check config, state dir, ports, FreeSWITCH and CRM keys"))
+    p.add_argument("--offline", action="store_true",
+                   help="only what needs no network: config, state dir and outbox, listen ports, local storage")
+    p.set_defaults(func=cmd_check)
     p = with_config(sub.add_parser("outbox", help="show the history queue"))
-    p.add_argument("--retry", action="store_true", help="requeue calls that were set aside")
-    p.add_argument("--account", help="with --retry: only this account")
+    p.add_argument("--retry", nargs="*", metavar="ID", help="requeue these set-aside calls (ids or externalIds; "
+                   "with --all: every one)")
+    p.add_argument("--all", action="store_true", help="with --retry: every set-aside call")
+    p.add_argument("--account", help="with --retry --all: only this account")
+    p.add_argument("--drop", nargs="+", metavar="ID", help="forget these set-aside calls for good")
+    p.add_argument("--export", action="store_true", help="print the set-aside calls as JSON lines")
     p.set_defaults(func=cmd_outbox)
     p = with_config(sub.add_parser("playback", help="serve call recordings only (scale playback out)"))
     p.add_argument("--listen", type=_host_port, help="HOST:PORT to listen on instead of [http] listen")
@@ -319,6 +472,15 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--check", action="store_true",
                       help="compare the module in the CRM with the config; exit 1 if missing or different")
     p.set_defaults(func=cmd_register)
+    p = with_config(sub.add_parser("backfill", help="queue the history of calls in mod_json_cdr's spooled CDRs"))
+    p.add_argument("dir", help="directory of <uuid>.cdr.json files (mod_json_cdr's err-log-dir)")
+    p.add_argument("--partial", action="store_true",
+                   help="also queue calls some of whose legs have no CDR in the directory")
+    p.set_defaults(func=cmd_backfill)
+    p = sub.add_parser("init", help="write the example config, the systemd unit and the FreeSWITCH snippets")
+    p.add_argument("dir", metavar="DIR", help="where to write them, e.g. /etc/fs-crm (created if missing)")
+    p.add_argument("--force", action="store_true", help="overwrite files that exist")
+    p.set_defaults(func=cmd_init)
     sub.add_parser("demo", help="run against a simulated FreeSWITCH and retailCRM").set_defaults(func=cmd_demo)
     return parser
 
@@ -326,7 +488,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, not at exit: a reader that went away is handled below
+        return code
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise
+        return 141  # what a shell reports for a command ended by SIGPIPE, as `head` leaves it
     except ConfigError as exc:
         print("fs-crm: configuration error: %s" % exc, file=sys.stderr)
         return 2

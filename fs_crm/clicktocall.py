@@ -5,6 +5,11 @@ Nothing from the request is escaped-and-hoped into the originate command: the ph
 a phone number (fs_crm.phones, in the account's country) and only its canonical digits
 ("79121234567") are used, the extension must be one of the account's, and every other part comes
 from the validated config.
+
+The manager's phone shows the customer's name when the CRM knows the number: the make-call request
+carries no name, so the CRM is asked (the routing's manager lookup, which gives the customer) for
+at most CUSTOMER_LOOKUP_TIMEOUT; a slow or failing CRM only means the phone shows the number. The
+name goes into the command only as fs_crm.callerid made it safe.
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ import hmac
 import logging
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
+from fs_crm import callerid
 from fs_crm.commands import FreeswitchCommands
 from fs_crm.config import AccountConfig
+from fs_crm.crm import CrmClient, CrmError
 from fs_crm.eslsession import EslCommandError, EslError
 from fs_crm.phones import parse_phone
 
@@ -27,6 +34,9 @@ logger = logging.getLogger(__name__)
 PHONE = re.compile(r"[0-9]{7,15}")
 USER_ID = re.compile(r"[0-9]{1,12}")
 MAX_PARAM = 256
+# Seconds the make-call answer may wait for the CRM to name the customer (the CRM's own request
+# waits on it); after that the phone shows the number.
+CUSTOMER_LOOKUP_TIMEOUT = 1.0
 
 
 class CallbackError(Exception):
@@ -92,6 +102,8 @@ class CallRequest:
     user_id: int | None
     phone: str
     company_number: str | None
+    # What the manager's phone shows: the CRM's name for the customer, made safe (callerid).
+    customer_name: str | None = None
 
 
 def parse_call_request(account: AccountConfig, params: Mapping[str, str]) -> CallRequest:
@@ -129,9 +141,9 @@ def originate_command(call: CallRequest, call_uuid: str) -> str:
     account = call.account
     manager_leg = {
         "origination_uuid": call_uuid,
-        # The manager's phone shows whom it is going to call.
+        # The manager's phone shows whom it is going to call: the name when the CRM knows one.
         "origination_caller_id_number": call.phone,
-        "origination_caller_id_name": call.phone,
+        "origination_caller_id_name": callerid.quoted(call.customer_name) if call.customer_name else call.phone,
         "originate_timeout": str(account.answer_timeout),
         "ignore_early_media": "true",
         "hangup_after_bridge": "true",
@@ -159,10 +171,14 @@ def originate_command(call: CallRequest, call_uuid: str) -> str:
 
 class ClickToCall:
     def __init__(self, accounts: Mapping[str, AccountConfig], commands: FreeswitchCommands,
-                 new_uuid: Callable[[], str] = lambda: str(uuid.uuid4())):
+                 new_uuid: Callable[[], str] = lambda: str(uuid.uuid4()), *,
+                 crm_clients: Mapping[str, CrmClient] | None = None,
+                 lookup_timeout: float = CUSTOMER_LOOKUP_TIMEOUT):
         self.accounts = accounts
         self.commands = commands
         self.new_uuid = new_uuid
+        self.crm_clients = crm_clients or {}
+        self.lookup_timeout = lookup_timeout
 
     def make_call(self, params: Mapping[str, str]) -> str:
         """Start the call; returns its UUID once FreeSWITCH has accepted it (not answered)."""
@@ -171,6 +187,7 @@ class ClickToCall:
         try:
             if not self.commands.is_registered(call.extension, account.domain, timeout=1.0):
                 raise NotRegistered("extension %s is not registered" % call.extension)
+            call = replace(call, customer_name=self.customer_name(call))
             call_uuid = self.new_uuid()
             self.commands.bgapi(originate_command(call, call_uuid), job_uuid=self.new_uuid(), timeout=2.0)
         except EslCommandError as exc:
@@ -181,6 +198,22 @@ class ClickToCall:
             logger.warning("account %s: click-to-call for extension %s: FreeSWITCH unavailable: %s", account.name,
                            call.extension, exc)
             raise PbxUnavailable("FreeSWITCH unavailable") from None
-        logger.info("call %s account %s: click-to-call from extension %s to ...%s started", call_uuid, account.name,
-                    call.extension, call.phone[-4:])
+        logger.info("call %s account %s: click-to-call from extension %s to ...%s started (%s)", call_uuid,
+                    account.name, call.extension, call.phone[-4:],
+                    "the phone shows the customer's name" if call.customer_name else "the phone shows the number")
         return call_uuid
+
+    def customer_name(self, call: CallRequest) -> str | None:
+        """The customer's name as the CRM knows it, made safe; None when the CRM does not know the
+        number, has no name for it, or does not answer within lookup_timeout."""
+        account = call.account
+        client = self.crm_clients.get(account.name)
+        if client is None:
+            return None
+        try:
+            found = client.manager_lookup(call.phone, timeout=self.lookup_timeout)
+        except CrmError as exc:
+            logger.warning("account %s: click-to-call for extension %s: no customer name from the CRM (%s); "
+                           "the phone shows the number", account.name, call.extension, exc)
+            return None
+        return callerid.customer_name(found.customer)

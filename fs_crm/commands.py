@@ -31,8 +31,9 @@ BULK = "bulk"
 # Commands whose answer grows with the switch's load (`show channels`, `show calls`, ...).
 BULK_PREFIXES = ("show ",)
 # Everything sent from here is built by fs-crm from whitelisted parts; this is the last line of
-# defence should a caller ever pass something else (no blank lines, no control characters).
-_COMMAND = re.compile(r"[\x20-\x7e]+")
+# defence should a caller ever pass something else (no blank lines, no control characters). Letters
+# beyond ASCII are whitelisted parts too: a customer's name on the manager's phone ("Иван Петров").
+_COMMAND = re.compile(r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
 def lane_of(command: str) -> str:

@@ -6,9 +6,11 @@ Every error names the file, the section and the key, so an operator can fix it w
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
+import string
 import tomllib
 import zoneinfo
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from typing import Any, Mapping
 from fs_crm.phones import canonical_phone, clean_phone, digits_of, is_country
 
 PASSWORD_ENV = "FS_CRM_FREESWITCH_PASSWORD"
+CDR_PASSWORD_ENV = "FS_CRM_CDR_PASSWORD"
 
 
 def api_key_env_name(account_name: str) -> str:
@@ -96,6 +99,24 @@ class StorageConfig:
     delete_local: bool = True
 
 
+# retailCRM's source object (PHP client Model/Entity/Source): what calls[][source] may hold.
+SOURCE_FIELDS = ("source", "medium", "campaign", "keyword", "content")
+# Placeholders a missed-call task's text may use.
+TASK_TEXT_FIELDS = ("phone", "date", "external_phone", "site")
+
+
+@dataclass(frozen=True)
+class MissedCallTasks:
+    """An account's missed incoming calls become CRM tasks (`[accounts.missed_call_tasks]`)."""
+
+    text: str = "Missed call from {phone}: call back"
+    # CRM user id for a missed call with no responsible manager and no single manager it rang
+    # (a ring group nobody answered); None: no task for such calls.
+    performer: int | None = None
+    # The task is due this many minutes after the call; 0: no due time.
+    due_in_minutes: int = 0
+
+
 @dataclass(frozen=True)
 class AccountConfig:
     name: str
@@ -123,11 +144,31 @@ class AccountConfig:
     # Routing: dialplan destination (ring group, queue or extension) in `context` for incoming calls
     # whose responsible manager is unknown, away, unregistered, or when the CRM is slow or failing.
     fallback: str | None = None
+    # Routing: ring the responsible manager whenever his phone is free (registered and on no call),
+    # whatever his status in the CRM (the lookup asks with ignoreStatus=1, fs-crm's own record of
+    # his status is not consulted either). Off: only a manager the CRM calls free, not away.
+    ignore_status: bool = False
     # Where CRM user statuses go on the PBX: "none" (fs-crm's own routing only), "callcenter"
     # (mod_callcenter agent status), "hash" or "db" (a do-not-disturb flag the dialplan can read).
     status_push: str = "none"
     # mod_callcenter agent name for an extension.
     callcenter_agent: str = "{extension}@{domain}"
+    # --- optional features, off by default ---
+    # Call tracking: (company number as in external_phones, ((source field, value), ...)) pairs;
+    # the history of calls on that number carries them as calls[][source].
+    external_phone_sources: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+    # Status changes made on the PBX (conf/freeswitch/dnd.xml's feature codes, mod_callcenter agent
+    # status with status_push = "callcenter") become the CRM user's status.
+    status_from_pbx: bool = False
+    # None: missed calls make no tasks.
+    missed_call_tasks: MissedCallTasks | None = None
+
+    def source_of(self, external_phone: str | None) -> dict[str, str] | None:
+        """The call-tracking source of a company number as external_phones writes it, if any."""
+        for number, fields in self.external_phone_sources:
+            if number == external_phone:
+                return dict(fields)
+        return None
 
     @property
     def default_external_phone(self) -> str | None:
@@ -186,6 +227,23 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True)
+class CdrConfig:
+    """`POST /cdr` from mod_json_cdr (conf/freeswitch/json_cdr.conf.xml): on only with a password."""
+
+    user: str = "freeswitch"
+    password: str | None = field(default=None, repr=False)
+    # Addresses the posts may come from; default: [freeswitch] host.
+    allow: tuple[str, ...] = ()
+    # mod_json_cdr's err-log-dir, when FreeSWITCH runs on this host: what it spooled while fs-crm
+    # was away is taken from there (and the files removed) without a manual `fs-crm backfill`.
+    spool_dir: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.password)
+
+
+@dataclass(frozen=True)
 class HealthConfig:
     # /healthz answers 503 once the oldest call waiting for the CRM has waited this long (seconds).
     max_pending_age: float = 600.0
@@ -200,9 +258,11 @@ class Config:
     delivery: DeliveryConfig
     accounts: tuple[AccountConfig, ...]
     log_level: str = "INFO"
+    log_format: str = "text"  # "text" | "json": one record per line either way
     storage: StorageConfig = StorageConfig()
     routing: RoutingConfig = RoutingConfig()
     health: HealthConfig = HealthConfig()
+    cdr: CdrConfig = CdrConfig()
 
     def account(self, name: str) -> AccountConfig:
         for acc in self.accounts:
@@ -211,7 +271,7 @@ class Config:
         raise KeyError(name)
 
 
-_SECTIONS = {"freeswitch", "http", "state", "delivery", "accounts", "logging", "storage", "routing", "health"}
+_SECTIONS = {"freeswitch", "http", "state", "delivery", "accounts", "logging", "storage", "routing", "health", "cdr"}
 
 
 class _Reader:
@@ -350,6 +410,7 @@ def _load_account(path: str, index: int, table: Any, env: Mapping[str, str]) -> 
     fallback = r.str("fallback", None)
     if fallback is not None and not _SAFE_WORD.fullmatch(fallback):
         raise r.error("fallback", "must be a dialplan destination (letters, digits, '_', '-', '.'), got %r" % fallback)
+    ignore_status = r.bool("ignore_status", False)
     status_push = r.str("status_push", "none")
     if status_push not in ("none", "callcenter", "hash", "db"):
         raise r.error("status_push", "must be one of none, callcenter, hash, db, got %r" % status_push)
@@ -357,14 +418,70 @@ def _load_account(path: str, index: int, table: Any, env: Mapping[str, str]) -> 
     if not re.fullmatch(r"[A-Za-z0-9_.@{}-]+", agent) or "{extension}" not in agent:
         raise r.error("callcenter_agent", "must contain {extension} and only letters, digits, _ . @ -, got %r" % agent)
     answer_timeout = r.number("answer_timeout", 30, minimum=5, integer=True)
-    r.check_unknown()
-    return AccountConfig(
+    status_from_pbx = r.bool("status_from_pbx", False)
+    missed_call_tasks = _load_missed_call_tasks(r)
+    account = AccountConfig(
         name=name, crm_url=crm_url, api_key=api_key, client_id=client_id, code=code, domain=domain,
         timezone=timezone, extensions=tuple(extensions), external_phones=tuple(external_phones),
         country=country, context=context, outbound_route=outbound_route,
-        answer_timeout=answer_timeout, fallback=fallback,
+        answer_timeout=answer_timeout, fallback=fallback, ignore_status=ignore_status,
         status_push=status_push, callcenter_agent=agent,
+        status_from_pbx=status_from_pbx, missed_call_tasks=missed_call_tasks,
     )
+    # Sources name company numbers in any spelling, matched like calls match them (site_of).
+    sources = _load_sources(r, account)
+    r.check_unknown()
+    return dataclasses.replace(account, external_phone_sources=sources) if sources else account
+
+
+def _load_sources(r: _Reader, account: AccountConfig) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+    r.used.add("external_phone_sources")
+    table = r.table.get("external_phone_sources", {})
+    if not isinstance(table, dict):
+        raise r.error("external_phone_sources", "must be a table of \"company number\" = { source = \"...\", ... }")
+    sources: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+    for number, fields in table.items():
+        key = "external_phone_sources.%s" % number
+        match = account.site_of(number)
+        if match is None:
+            raise r.error(key, "is not a company number of external_phones (%s)"
+                          % (", ".join(n for _, n in account.external_phones) or "none configured"))
+        if any(configured == match[1] for configured, _ in sources):
+            raise r.error(key, "names company number %s a second time" % match[1])
+        if not isinstance(fields, dict) or not fields:
+            raise r.error(key, "must be a table holding at least one of %s" % ", ".join(SOURCE_FIELDS))
+        values: list[tuple[str, str]] = []
+        for field_name, value in fields.items():
+            if field_name not in SOURCE_FIELDS:
+                raise r.error("%s.%s" % (key, field_name), "unknown key (known: %s)" % ", ".join(SOURCE_FIELDS))
+            if not isinstance(value, str) or not value.strip():
+                raise r.error("%s.%s" % (key, field_name), "must be a non-empty string, got %r" % (value,))
+            values.append((field_name, value.strip()))
+        sources.append((match[1], tuple(values)))
+    return tuple(sources)
+
+
+def _load_missed_call_tasks(account: _Reader) -> MissedCallTasks | None:
+    account.used.add("missed_call_tasks")
+    if "missed_call_tasks" not in account.table:
+        return None
+    r = _Reader(account.path, "%s.missed_call_tasks" % account.section, account.table["missed_call_tasks"])
+    d = MissedCallTasks()
+    enabled = r.bool("enabled", False)
+    text = r.str("text", d.text)
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
+    except ValueError as exc:
+        raise r.error("text", "is not a valid template (%s); write { and } as {{ and }}" % exc) from None
+    unknown = [name for name in names if name not in TASK_TEXT_FIELDS]
+    if unknown:
+        raise r.error("text", "unknown placeholder {%s} (known: %s)" % (unknown[0], ", ".join(
+            "{%s}" % f for f in TASK_TEXT_FIELDS)))
+    performer = r.number("performer", None, minimum=1, integer=True) if "performer" in r.table else None
+    r.used.add("performer")
+    due = r.number("due_in_minutes", d.due_in_minutes, minimum=0, integer=True)
+    r.check_unknown()
+    return MissedCallTasks(text=text, performer=performer, due_in_minutes=due) if enabled else None
 
 
 def parse_config(path: str, data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
@@ -413,6 +530,9 @@ def parse_config(path: str, data: Mapping[str, Any], env: Mapping[str, str] | No
     level = r.str("level", "INFO").upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise r.error("level", "must be one of DEBUG, INFO, WARNING, ERROR, got %r" % level)
+    log_format = r.str("format", "text")
+    if log_format not in ("text", "json"):
+        raise r.error("format", "must be \"text\" or \"json\", got %r" % log_format)
     r.check_unknown()
 
     storage = _load_storage(_Reader(path, "storage", data.get("storage", {})), state.dir)
@@ -422,6 +542,19 @@ def parse_config(path: str, data: Mapping[str, Any], env: Mapping[str, str] | No
     host, port = _parse_listen(r, r.str("listen", "%s:%d" % (d_routing.listen_host, d_routing.listen_port)))
     routing = RoutingConfig(listen_host=host, listen_port=port, enabled=r.bool("enabled", True),
                             manager_timeout=r.number("manager_timeout", d_routing.manager_timeout, minimum=0.05))
+    r.check_unknown()
+
+    r = _Reader(path, "cdr", data.get("cdr", {}))
+    cdr_password = env.get(CDR_PASSWORD_ENV) or r.str("password", None)
+    r.used.add("password")
+    allow = r._get("allow", [freeswitch.host], (list,), "a list of addresses")
+    if not allow or not all(isinstance(a, str) and a.strip() for a in allow):
+        raise r.error("allow", "must be a non-empty list of addresses FreeSWITCH posts from, got %r" % (allow,))
+    spool = r.str("spool_dir", None)
+    cdr = CdrConfig(user=r.str("user", CdrConfig.user), password=cdr_password,
+                    allow=tuple(a.strip() for a in allow), spool_dir=Path(spool) if spool else None)
+    if ":" in cdr.user:
+        raise r.error("user", "must not contain ':' (mod_json_cdr's cred is user:password)")
     r.check_unknown()
 
     r = _Reader(path, "health", data.get("health", {}))
@@ -449,7 +582,8 @@ def parse_config(path: str, data: Mapping[str, Any], env: Mapping[str, str] | No
                 raise ConfigError(path, "accounts %r" % a.name, "domain",
                                   "two accounts share domain %r; calls could not be told apart" % a.domain)
     return Config(path=path, freeswitch=freeswitch, http=http, state=state, delivery=delivery,
-                  accounts=accounts, log_level=level, storage=storage, routing=routing, health=health)
+                  accounts=accounts, log_level=level, storage=storage, routing=routing, health=health,
+                  log_format=log_format, cdr=cdr)
 
 
 def _load_storage(r: _Reader, state_dir: Path) -> StorageConfig:

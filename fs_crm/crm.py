@@ -33,6 +33,8 @@ MANAGER_PATH = "/api/v5/telephony/manager"
 CREDENTIALS_PATH = "/api/credentials"
 POOL_SIZE = 64  # unversioned, unlike every other method
 MODULE_PATH = "/api/v5/integration-modules/%s"
+TASK_CREATE_PATH = "/api/v5/tasks/create"
+USER_STATUS_PATH = "/api/v5/users/%d/status"
 # A module code goes into the URL path: only these characters, so it can never add a path segment
 # or a query string.
 _MODULE_CODE = re.compile(r"[A-Za-z0-9_-]+")
@@ -103,6 +105,14 @@ class UploadResult:
     # processedCallsCount; None when the answer has no readable count.
     processed: int | None
     duplicates: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ManagerLookup:
+    """The manager lookup's answer (details=1): `manager` only when the CRM names one (free, unless
+    asked with ignore_status), `customer` when the CRM knows the number; either may be None."""
+    manager: dict | None
+    customer: dict | None
 
 
 @dataclass(frozen=True)
@@ -199,6 +209,21 @@ def _module_path(code: Any) -> str:
     return MODULE_PATH % code
 
 
+def _transport_reason(exc: requests.RequestException) -> str:
+    """Why a request failed, cause included. requests wraps the cause ("Connection refused", "Failed to
+    resolve", a certificate error) at the end of a pool and URL preamble long enough that any cut of
+    the whole text loses it: urllib3's MaxRetryError carries the cause as `reason`."""
+    cause = exc.args[0] if exc.args else None
+    reason = getattr(cause, "reason", None)
+    text = str(reason if isinstance(reason, BaseException) else exc)
+    # urllib3 1.x starts with the connection object's repr, which says nothing.
+    text = re.sub(r"<[\w.]+ object at 0x[0-9a-fA-F]+>: ", "", text)
+    if len(text) > 2 * _SNIPPET:
+        # Head and tail: the cause is at the end.
+        text = "%s ... %s" % (text[:_SNIPPET // 2], text[-_SNIPPET:])
+    return text
+
+
 def _html_summary(text: str) -> str:
     match = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
     summary = match.group(1) if match else re.sub(r"<[^>]+>", " ", text)
@@ -263,24 +288,47 @@ class CrmClient:
                            sites_available=_strings(data.get("sitesAvailable")))
 
     def responsible_manager(self, phone: str, timeout: float) -> dict | None:
-        """The free manager responsible for this customer, or None; raises CrmError like the rest.
+        """The free manager responsible for this customer, or None; raises CrmError like the rest."""
+        return self.manager_lookup(phone, timeout).manager
 
-        `timeout` bounds the whole call, waiting for the rate limiter included: a ringing caller
-        cannot wait for a slow CRM (requests' own timeouts only bound each socket operation).
+    def manager_lookup(self, phone: str, timeout: float, ignore_status: bool = False) -> ManagerLookup:
+        """`GET /telephony/manager?details=1`: the customer's responsible manager and the customer.
+
+        The CRM names the manager only when he is free in the CRM (logged in, status "free");
+        `ignore_status` asks for him whatever his status (`ignoreStatus=1`). `timeout` bounds the
+        whole call, waiting for the rate limiter included: a ringing caller cannot wait for a slow
+        CRM (requests' own timeouts only bound each socket operation). Raises CrmError like the rest.
         """
+        params = {"phone": phone, "details": "1"}
+        if ignore_status:
+            params["ignoreStatus"] = "1"  # PHP's NumericBoolean: 0/1
         deadline = gevent.Timeout(timeout)
         deadline.start()
         try:
-            data = self._request("GET", MANAGER_PATH, urgent=True, read_timeout=timeout,
-                                 params={"phone": phone, "details": "1"})
+            data = self._request("GET", MANAGER_PATH, urgent=True, read_timeout=timeout, params=params)
         except gevent.Timeout as exc:
             if exc is not deadline:
                 raise
             raise CrmUnavailable(self.account.name, "no answer within %.1f s" % timeout, path=MANAGER_PATH) from None
         finally:
             deadline.close()
-        manager = data.get("manager")
-        return manager if isinstance(manager, dict) and manager else None
+        manager, customer = data.get("manager"), data.get("customer")
+        return ManagerLookup(manager if isinstance(manager, dict) and manager else None,
+                             customer if isinstance(customer, dict) and customer else None)
+
+    def create_task(self, task: dict) -> int | None:
+        """`POST /api/v5/tasks/create` (form field `task`); the new task's id when the answer gives one."""
+        data = self._request("POST", TASK_CREATE_PATH, urgent=False, read_timeout=self._delivery.event_read_timeout,
+                             form={"task": _dumps(task)})
+        task_id = data.get("id")
+        return task_id if isinstance(task_id, int) and not isinstance(task_id, bool) else None
+
+    def set_user_status(self, user_id: int, status: str) -> None:
+        """`POST /api/v5/users/{id}/status` with form field status = free | busy | dinner | break."""
+        if not isinstance(user_id, int) or isinstance(user_id, bool) or user_id < 1:
+            raise ValueError("a CRM user id is a positive integer, got %r" % (user_id,))
+        self._request("POST", USER_STATUS_PATH % user_id, urgent=False,
+                      read_timeout=self._delivery.event_read_timeout, form={"status": status})
 
     def edit_integration_module(self, module: dict) -> dict:
         """Create or update the integration module `module["code"]`; returns the CRM's `info` remarks.
@@ -342,7 +390,7 @@ class CrmClient:
                                  path=path) from None
         except requests.RequestException as exc:
             # from None: the requests exception holds the prepared request, API key header included.
-            raise CrmUnavailable(name, "%s: %s" % (type(exc).__name__, self._scrub(str(exc))[:_SNIPPET]),
+            raise CrmUnavailable(name, "%s: %s" % (type(exc).__name__, self._scrub(_transport_reason(exc))),
                                  path=path) from None
         finally:
             if self._observe is not None:

@@ -22,6 +22,7 @@ from fs_crm import vocab
 from fs_crm.config import FreeswitchConfig
 from fs_crm.eslparse import Event, EventParseError, Frame, parse_event
 from fs_crm.eslsession import EslAuthError, EslError, EslSession, EslUnavailable
+from fs_crm.outages import Outage
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +149,8 @@ class EslListener:
         # When the last connection broke (clock time): calls it carried were alive until then.
         self.lost_at: float | None = None
         self._stopping = gevent.event.Event()
+        self._outage = Outage(logger, "FreeSWITCH at %s:%s" % (config.host, config.port),
+                              "no call events meanwhile; reconnecting with backoff")
 
     @property
     def connected(self) -> bool:
@@ -165,6 +168,7 @@ class EslListener:
                 conn.command(vocab.subscribe_command(self.custom_events))
                 self.connection = conn
                 self.connects += 1
+                self._outage.recovered()
                 logger.info("connected to FreeSWITCH at %s (connection %d)", address, self.connects)
                 self.on_connected(conn)
                 self.last_error = None
@@ -172,13 +176,13 @@ class EslListener:
                 self.lost_at = self.clock()
                 self.last_error = conn.close_reason
                 if not self._stopping.is_set():
-                    logger.warning("lost FreeSWITCH at %s: %s", address, conn.close_reason)
+                    self._outage.failed("lost: %s" % conn.close_reason)
             except EslAuthError as exc:
                 self.last_error = str(exc)
                 logger.error("%s; retrying", exc)
             except EslError as exc:
                 self.last_error = str(exc)
-                logger.warning("FreeSWITCH at %s: %s", address, exc)
+                self._outage.failed(str(exc))
             finally:
                 self.connection = None
                 conn.close("supervisor restarting the connection")
@@ -187,7 +191,7 @@ class EslListener:
             if time.monotonic() - started > self.HEALTHY_AFTER:
                 delay = self.config.reconnect_min_delay
             wait = delay * (0.5 + self.rng())
-            logger.info("reconnecting to FreeSWITCH in %.1fs", wait)
+            logger.debug("reconnecting to FreeSWITCH in %.1fs", wait)
             if self._stopping.wait(timeout=wait):
                 break
             delay = min(delay * 2, self.config.reconnect_max_delay)

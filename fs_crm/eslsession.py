@@ -41,6 +41,7 @@ from fs_crm.greenlets import spawn
 logger = logging.getLogger(__name__)
 
 RECV_BYTES = 256 * 1024
+YIELD_SECONDS = 1e-6
 # FreeSWITCH answers in order, so a connection that has answered nothing for this long while a
 # command waits (or for the command's own deadline, if longer) will not answer the ones behind it.
 DEAD_AFTER_FLOOR = 15.0
@@ -256,7 +257,10 @@ class EslSession:
                 self._after_read()
                 # A socket that always has more bytes never makes recv() wait, so the reader would
                 # never give the hub a turn: cards, /healthz and the saver would starve under a flood.
-                gevent.sleep(0)
+                # Not sleep(0): gevent runs up to 50 queued callbacks before it polls timers and
+                # sockets, so that gave the reader ~50 reads in a row (100 ms stalls in bench/stall.py);
+                # a timer makes each read one pass of the loop.
+                gevent.sleep(YIELD_SECONDS)
         except FrameError as exc:
             reason = "unreadable ESL stream: %s" % exc
             logger.error("%s: dropping the connection: %s", self.log_name, reason)

@@ -31,10 +31,12 @@ from gevent.event import Event
 from gevent.pool import Group
 
 from fs_crm import vocab
+from fs_crm.calls.history_mapping import rendered
 from fs_crm.config import DeliveryConfig
 from fs_crm.crm import CrmError, CrmRejected, CrmUnavailable
 from fs_crm.greenlets import spawn
 from fs_crm.lasterrors import LastErrors
+from fs_crm.outages import Outage, capped
 from fs_crm.outbox import Outbox, OutboxError, OutboxItem
 
 if TYPE_CHECKING:
@@ -50,6 +52,8 @@ IDLE_RECHECK = 60.0
 # Back-off while the outbox itself fails (a full or read-only state disk).
 STORE_RETRY_MIN = 1.0
 STORE_RETRY_MAX = 5.0
+# While a backlog drains, one progress line this often (seconds).
+BACKLOG_PROGRESS_EVERY = 10.0
 # Delays are drawn from [d * (1 - JITTER), d], so accounts that failed together retry apart.
 JITTER = 0.5
 
@@ -79,7 +83,7 @@ def _reason(exc: CrmError) -> str:
 
 
 def _ids(items: Sequence[OutboxItem]) -> str:
-    return ", ".join(item.external_id for item in items)
+    return capped(item.external_id for item in items)
 
 
 class HistorySender:
@@ -111,6 +115,10 @@ class HistorySender:
         self.uploads: Counter[tuple[str, str]] = Counter()
         self.last_success: dict[str, float] = {}
         self._refused: set[str] = set()
+        self._outages = {account: Outage(logger, "%s: CRM" % account, "history waits in the outbox and is retried")
+                         for account in self._clients}
+        # Per account while a backlog drains: (started, calls uploaded, last progress line), monotonic.
+        self._backlog: dict[str, list[float]] = {}
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -224,13 +232,35 @@ class HistorySender:
         while not self._stopping:
             batch = self._outbox.due(account, vocab.MAX_CALLS_PER_UPLOAD)
             if not batch:
+                self._backlog_drained(account)
                 break
+            if len(batch) == vocab.MAX_CALLS_PER_UPLOAD and account not in self._backlog:
+                now = time.monotonic()
+                self._backlog[account] = [now, 0, now]
+                logger.info("%s: a backlog of history is draining (%d+ calls due)", account, len(batch))
             sent, go_on = self._send(account, client, batch)
             accepted += sent
+            self._backlog_progress(account, sent)
             if not go_on:
                 break
             self._sleep(0)
         return accepted
+
+    def _backlog_progress(self, account: str, sent: int) -> None:
+        backlog = self._backlog.get(account)
+        if backlog is None:
+            return
+        backlog[1] += sent
+        now = time.monotonic()
+        if now - backlog[2] >= BACKLOG_PROGRESS_EVERY:
+            backlog[2] = now
+            logger.info("%s: backlog draining: %d calls uploaded in %.0f s", account, backlog[1], now - backlog[0])
+
+    def _backlog_drained(self, account: str) -> None:
+        backlog = self._backlog.pop(account, None)
+        if backlog is not None:
+            logger.info("%s: backlog drained: %d calls uploaded in %.0f s, nothing is waiting", account, backlog[1],
+                        time.monotonic() - backlog[0])
 
     def _send(self, account: str, client: CrmClient, batch: list[OutboxItem]) -> tuple[int, bool]:
         """Upload one batch, splitting it around refused calls; (accepted, may the pass go on)."""
@@ -256,7 +286,7 @@ class HistorySender:
                 parts[0:0] = halves(items, resends)
                 continue
             try:
-                result = client.upload_calls([item.payload for item in items])
+                result = client.upload_calls([self._payload(item, client) for item in items])
             except CrmUnavailable as exc:
                 self.uploads[account, "unavailable"] += 1
                 self.last_error[account] = _reason(exc)
@@ -317,11 +347,14 @@ class HistorySender:
             self._failures.pop(account, None)
             self.last_error.pop(account, None)
             self._refused.discard(account)
+            self._outages[account].recovered()
+            # While a backlog drains, its progress lines say it; one line per upload would flood.
+            log = logger.debug if account in self._backlog else logger.info
             if duplicates:
-                logger.info("%s: uploaded %d calls (%s); the CRM already had %s", account, len(delivered),
-                            _ids(delivered), ", ".join(sorted(duplicates)))
+                log("%s: uploaded %d calls (%s); the CRM already had %s", account, len(delivered),
+                    _ids(delivered), capped(sorted(duplicates)))
             elif delivered:
-                logger.info("%s: uploaded %d calls (%s)", account, len(delivered), _ids(delivered))
+                log("%s: uploaded %d calls (%s)", account, len(delivered), _ids(delivered))
             if not unconfirmed:
                 continue
             # Shown on /healthz until an upload is fully accounted for again.
@@ -335,9 +368,15 @@ class HistorySender:
                 self._outbox.set_aside(item.id, shortfall + ", even when sent again")
             self.calls[account, "set_aside"] += len(unconfirmed)
             logger.error("%s: %s, even when sent again; set aside %d calls: check them in the CRM, then "
-                         "retry them with retry_failed (already stored ones come back as duplicates): %s",
+                         "retry them with `fs-crm outbox --retry ID` (already stored ones come back as duplicates): %s",
                          account, shortfall, len(unconfirmed), _ids(unconfirmed))
         return accepted, True
+
+    @staticmethod
+    def _payload(item: OutboxItem, client: CrmClient) -> dict:
+        """Rendered now, from the config in force: a call refused for a config mistake goes out
+        right once the mistake is fixed (fs-crm outbox --retry)."""
+        return rendered(item.payload, item.facts, client.account) if item.facts else item.payload
 
     @staticmethod
     def _halves(items: list[OutboxItem]) -> list[tuple[list[OutboxItem], bool]]:
@@ -361,8 +400,8 @@ class HistorySender:
         reason = _reason(exc)
         self._outbox.defer((item.id for item in items), delay, reason)
         self.calls[account, "deferred"] += len(items)
-        logger.warning("%s: CRM unavailable (%s); %d calls wait %.1f s: %s", account, reason, len(items),
-                       delay, _ids(items))
+        self._outages[account].failed(reason, lambda: "%d+ calls wait, next try in %.0f s" % (len(items), delay))
+        logger.debug("%s: %d calls wait %.1f s: %s", account, len(items), delay, _ids(items))
 
     def _defer_refused(self, account: str, items: list[OutboxItem], exc: CrmRejected) -> None:
         delay = self._jittered(self._delivery.retry_max_delay)
@@ -382,5 +421,5 @@ class HistorySender:
         reason = _reason(exc)
         self._outbox.set_aside(item.id, reason)
         self.calls[account, "set_aside"] += 1
-        logger.error("%s: CRM refused call %s (%s); set aside, retry it with retry_failed once fixed",
-                     account, item.external_id, reason)
+        logger.error("%s: CRM refused call %s (%s); set aside: fix the cause (often the config: codes, stores), "
+                     "then `fs-crm outbox --retry %s`", account, item.external_id, reason, item.external_id)

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,7 @@ from pathlib import Path
 from fs_crm.filemodes import create_private_file, private_dir
 
 FILE_NAME = "outbox.sqlite3"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 7
 PENDING = "pending"
 HELD = "held"
 FAILED = "failed"
@@ -118,11 +120,23 @@ _MIGRATIONS: tuple[str, ...] = (
         value TEXT NOT NULL                    -- JSON, fs_crm.calls.reconcile.call_data
     ) WITHOUT ROWID
     """,
+    # 6: legs' CDRs posted by mod_json_cdr, kept until their call is complete and queued (or known).
+    """
+    CREATE TABLE cdr_legs (
+        uuid TEXT PRIMARY KEY,
+        body TEXT NOT NULL,                    -- as posted
+        received_at REAL NOT NULL
+    ) WITHOUT ROWID
+    """,
+    # 7: what the call was before the config shaped it, so its payload is rendered at send time
+    # (JSON, fs_crm.calls.history_mapping.config_fields). No SQL comment on the line: SQLite copies
+    # the column's text into the table's CREATE statement, where it would swallow the ")".
+    "ALTER TABLE outbox ADD COLUMN facts TEXT",
 )
 # Until schema 5 the calls in progress were one document in `state`; it is read once and dropped.
 LEGACY_CALLS_IN_PROGRESS = "calls-in-progress"
 
-_COLUMNS = "id, account, external_id, payload, attempts, created_at, last_error, state, next_attempt_at"
+_COLUMNS = "id, account, external_id, payload, attempts, created_at, last_error, state, next_attempt_at, facts"
 
 
 @dataclass(frozen=True)
@@ -139,6 +153,9 @@ class NewCall:
     payload: dict
     recording: RecordingFile | None = None  # when set, the call is held until it is stored
     hold_until: float = 0.0
+    # The call's config-independent facts (CallRecord.facts): the sender renders the payload's
+    # config-decided fields from them with the config in force when it sends.
+    facts: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -169,6 +186,7 @@ class OutboxItem:
     last_error: str | None
     state: str
     next_attempt_at: float = 0.0
+    facts: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -291,10 +309,10 @@ class Outbox:
 
     @staticmethod
     def _item(row: tuple) -> OutboxItem:
-        id_, account, external_id, payload, attempts, created_at, last_error, state, next_at = row
+        id_, account, external_id, payload, attempts, created_at, last_error, state, next_at, facts = row
         return OutboxItem(id=id_, account=account, external_id=external_id, payload=json.loads(payload),
                           attempts=attempts, created_at=created_at, last_error=last_error, state=state,
-                          next_attempt_at=next_at)
+                          next_attempt_at=next_at, facts=json.loads(facts) if facts else None)
 
     # --- queue ----------------------------------------------------------------------------------
 
@@ -330,10 +348,11 @@ class Outbox:
         text = json.dumps(call.payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
         held = call.recording is not None
         cur = db.execute(
-            "INSERT INTO outbox (account, external_id, payload, state, created_at, next_attempt_at)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (account, external_id) DO NOTHING",
+            "INSERT INTO outbox (account, external_id, payload, state, created_at, next_attempt_at, facts)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (account, external_id) DO NOTHING",
             (call.account, call.external_id, text, HELD if held else PENDING, now,
-             call.hold_until if held else now))
+             call.hold_until if held else now,
+             json.dumps(call.facts, ensure_ascii=False, separators=(",", ":")) if call.facts else None))
         if cur.rowcount != 1:
             return False
         if held:
@@ -410,15 +429,39 @@ class Outbox:
             db.execute("UPDATE outbox SET state = 'failed', attempts = attempts + 1, last_error = ?"
                        " WHERE id = ?", (error[:MAX_ERROR_LEN], id))
 
-    def retry_failed(self, account: str | None = None) -> int:
+    def retry_failed(self, account: str | None = None, ids: Sequence[str] | None = None) -> int:
+        """Set-aside calls pending again, due now: all (of `account`), or those named in `ids` (row
+        ids or externalIds). Returns how many."""
         now = self._clock()
-        where, args = ("AND account = ?", (account,)) if account is not None else ("", ())
+        where, args = self._selection(account, ids)
         with self._write("retry_failed") as db:
             cur = db.execute("UPDATE outbox SET state = 'pending', next_attempt_at = ?"
-                             " WHERE state = 'failed' " + where, (now, *args))
+                             " WHERE state = 'failed'" + where, (now, *args))
             return cur.rowcount
 
-    def failed(self, limit: int = 100) -> list[OutboxItem]:
+    def drop_failed(self, ids: Sequence[str]) -> list[OutboxItem]:
+        """Forget set-aside calls for good (row ids or externalIds); returns what was dropped."""
+        if not ids:
+            return []
+        where, args = self._selection(None, ids)
+        with self._write("drop_failed") as db:
+            rows = db.execute("SELECT %s FROM outbox WHERE state = 'failed'%s" % (_COLUMNS, where), args).fetchall()
+            db.execute("DELETE FROM outbox WHERE state = 'failed'" + where, args)
+        return [self._item(row) for row in rows]
+
+    @staticmethod
+    def _selection(account: str | None, ids: Sequence[str] | None) -> tuple[str, tuple]:
+        where, args = "", ()
+        if account is not None:
+            where, args = " AND account = ?", (account,)
+        if ids is not None:
+            marks = ", ".join("?" * len(ids)) or "NULL"
+            where += " AND (CAST(id AS TEXT) IN (%s) OR external_id IN (%s))" % (marks, marks)
+            args += tuple(ids) + tuple(ids)
+        return where, args
+
+    def failed(self, limit: int = -1) -> list[OutboxItem]:
+        """Set-aside calls, oldest first (limit -1: all)."""
         with self._read("failed") as db:
             rows = db.execute("SELECT %s FROM outbox WHERE state = 'failed' ORDER BY id LIMIT ?"
                               % _COLUMNS, (limit,)).fetchall()
@@ -489,6 +532,32 @@ class Outbox:
             known = {call.get("id") for call in calls}
             calls.extend(c for c in legacy["calls"] if isinstance(c, dict) and c.get("id") not in known)
         return calls
+
+    # --- CDRs posted by mod_json_cdr ------------------------------------------------------------
+
+    def add_cdr_leg(self, uuid: str, body: str) -> bool:
+        """Keep one leg's CDR; False when that leg's CDR is already kept (a retried post)."""
+        with self._write("add_cdr_leg %s" % uuid) as db:
+            return db.execute("INSERT INTO cdr_legs (uuid, body, received_at) VALUES (?, ?, ?)"
+                              " ON CONFLICT (uuid) DO NOTHING", (uuid, body, self._clock())).rowcount == 1
+
+    def cdr_legs(self) -> list[tuple[str, str, float]]:
+        """(uuid, body, received_at) of every kept CDR, oldest first."""
+        with self._read("cdr_legs") as db:
+            return db.execute("SELECT uuid, body, received_at FROM cdr_legs ORDER BY received_at").fetchall()
+
+    def queue_from_cdrs(self, calls: Sequence[NewCall], uuids: Iterable[str]) -> list[bool]:
+        """Queue the calls rebuilt from CDRs and forget those CDRs, in one transaction."""
+        now = self._clock()
+        with self._write("queue %d call(s) from CDRs" % len(calls)) as db:
+            added = [self._insert(db, call, now) for call in calls]
+            db.executemany("DELETE FROM cdr_legs WHERE uuid = ?", [(uuid,) for uuid in uuids])
+            return added
+
+    def data_version(self) -> int:
+        """Changes whenever another connection (`fs-crm outbox --retry`, `fs-crm backfill`) committed."""
+        with self._read("data_version") as db:
+            return db.execute("PRAGMA data_version").fetchone()[0]
 
     # --- service state ----------------------------------------------------------------------------
 
@@ -579,3 +648,51 @@ class Outbox:
         with self._read("user_statuses") as db:
             rows = db.execute("SELECT account, extension, status FROM user_status").fetchall()
         return {(account, extension): status for account, extension, status in rows}
+
+
+def probe(path: Path) -> str:
+    """`fs-crm check --offline`: whether an outbox can be used at `path`, leaving it as it is.
+
+    An existing one is opened (never created or migrated) and read; without one, a throwaway
+    database in the same directory shows that SQLite's WAL journal works on that file system (it
+    does not over some network file systems). Returns what was seen; raises OutboxError."""
+    path = Path(path)
+    if not path.exists():
+        scratch = path.with_name(".%s.check-%d" % (path.name, os.getpid()))
+        try:
+            db = sqlite3.connect(str(scratch), isolation_level=None)
+            try:
+                mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                db.execute("CREATE TABLE probe (x)")
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            raise OutboxError("%s: no outbox yet, and SQLite cannot create one here: %s" % (path, exc)) from None
+        finally:
+            for leftover in (scratch, Path("%s-wal" % scratch), Path("%s-shm" % scratch)):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
+        if str(mode).lower() != "wal":
+            raise OutboxError("%s: no outbox yet, and SQLite's WAL journal does not work here (got %r)" % (path, mode))
+        return "none yet; it can be created here"
+    # SQLite would quietly open a write-protected file read-only; fs-crm run needs to write all three.
+    for part in (path, Path("%s-wal" % path), Path("%s-shm" % path)):
+        if part.exists() and not os.access(part, os.R_OK | os.W_OK):
+            raise OutboxError("%s: not readable and writable by this user (uid %d)" % (part, os.geteuid()))
+    try:
+        # mode=rw: never creates the file; no migration runs (`fs-crm run` does that).
+        db = sqlite3.connect("file:%s?mode=rw" % urllib.parse.quote(str(path)), uri=True, isolation_level=None,
+                             timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            counts = dict(db.execute("SELECT state, count(*) FROM outbox GROUP BY state").fetchall()) if version else {}
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise OutboxError("%s: cannot be opened: %s" % (path, exc)) from None
+    if version > SCHEMA_VERSION:
+        raise OutboxError("%s: schema version %d is newer than this fs-crm understands (%d)"
+                          % (path, version, SCHEMA_VERSION))
+    return "schema %d%s, %d pending, %d held, %d set aside" % (
+        version, "" if version == SCHEMA_VERSION else " (upgraded to %d at the next start)" % SCHEMA_VERSION,
+        counts.get(PENDING, 0), counts.get(HELD, 0), counts.get(FAILED, 0))

@@ -6,7 +6,7 @@ nulls, and always writes booleans explicitly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fs_crm import vocab
 
@@ -70,6 +70,12 @@ class CallRecord:
     record_url: str | None = None
     # Where FreeSWITCH wrote the call's recording; not sent to the CRM (recordUrl is, once stored).
     recording_path: str | None = None
+    # Call tracking: retailCRM's source object (source, medium, campaign, keyword, content) of the
+    # company number the call was on, as (field, value) pairs.
+    source: tuple[tuple[str, str], ...] = ()
+    # What the call was before the config shaped it (fs_crm.calls.history_mapping.config_fields):
+    # kept in the outbox so the payload is rendered from the config in force when it is sent.
+    facts: dict | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.type not in vocab.UPLOAD_TYPES:
@@ -86,4 +92,35 @@ class CallRecord:
         optional = {"code": self.code, "userId": self.user_id, "externalPhone": self.external_phone,
                     "site": self.site, "recordUrl": self.record_url}
         out.update({k: v for k, v in optional.items() if v is not None and v != ""})
+        if self.source:
+            out["source"] = dict(self.source)
+        return out
+
+
+@dataclass(frozen=True)
+class CrmTask:
+    """One `POST /api/v5/tasks/create` (form field `task`), fields named as in the PHP client's Task model."""
+
+    account: str
+    text: str
+    performer_id: int
+    # The call it is about: for logs only, retailCRM's task has no such field.
+    call_id: str
+    phone: str | None = None
+    commentary: str | None = None
+    # The CRM's customer id (the manager lookup's customer.id).
+    customer_id: int | None = None
+    # "Y-m-d H:i" in the account's time zone: when the task is due.
+    datetime: str | None = None
+
+    def to_api(self) -> dict:
+        out: dict = {"text": self.text, "performerId": self.performer_id}
+        if self.commentary:
+            out["commentary"] = self.commentary
+        if self.datetime:
+            out["datetime"] = self.datetime
+        if self.phone:
+            out["phone"] = self.phone
+        if self.customer_id is not None:
+            out["customer"] = {"id": self.customer_id}
         return out

@@ -8,10 +8,16 @@ away, and a phone is registered; otherwise, and whenever the CRM is slow or fail
 to the account's fallback destination. The CRM sits in the ringing path, so the lookup has a hard
 deadline (`[routing] manager_timeout`) and every failure means "fallback", never a stuck call.
 
+With the account's `ignore_status` the CRM is asked for the manager whatever his CRM status, and he
+is rung when his phone is free: registered, and on no call (the service's call tracker knows every
+leg in progress). When the CRM knows the customer, the manager's phone shows the customer's name
+(fs_crm.callerid).
+
 Nothing the caller controls reaches a FreeSWITCH application argument: the extension comes from the
 account's map, domain, context and fallback are whitelisted when the config loads, and the
 caller's number (checked against a strict pattern, then written in the account's canonical form, so
-`89121234567` is asked about as `79121234567`) is only used as an HTTP query parameter.
+`89121234567` is asked about as `79121234567`) is only used as an HTTP query parameter. The CRM's
+name for the customer goes into the bridge only as fs_crm.callerid made it safe.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Callable, Mapping
 
 import gevent
 
-from fs_crm import vocab
+from fs_crm import callerid, vocab
 from fs_crm.commands import FreeswitchCommands
 from fs_crm.config import AccountConfig, RoutingConfig
 from fs_crm.crm import CrmClient, CrmError
@@ -56,6 +62,9 @@ H_SOCKET_MODE = "Socket-Mode"            # connect reply: "async" or "static"
 H_APPLICATION = "Application"
 V_SIP_TO_USER = "variable_sip_to_user"
 V_ORIGINATE_DISPOSITION = "variable_originate_disposition"
+# Caller-ID name of the leg a bridge creates: what mod_sofia writes as the display name of the
+# INVITE's From header to the manager's phone.
+V_ORIGINATION_CALLER_ID_NAME = "origination_caller_id_name"
 DESTINATION_HEADERS = (vocab.H_DESTINATION, V_SIP_TO_USER)
 
 MANAGER = "manager"      # ring the responsible manager, then the fallback if they do not answer
@@ -69,16 +78,22 @@ class Decision:
     action: str
     reason: str
     extension: str | None = None
+    # The customer's name as the CRM knows it, already made safe (callerid.safe_name).
+    customer_name: str | None = None
 
 
 class CallRouter:
     def __init__(self, accounts: tuple[AccountConfig, ...], crm_clients: Mapping[str, CrmClient],
                  statuses: UserStatuses, commands: FreeswitchCommands, routing: RoutingConfig,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 on_call: Callable[[str, str], bool | None] | None = None):
         self.accounts = tuple(accounts)
         self.crm_clients = crm_clients
         self.statuses = statuses
         self.commands = commands
+        # on_call(extension, domain): whether a phone of that extension is on a call right now
+        # (None: cannot tell). Only `ignore_status` accounts ask.
+        self.on_call = on_call
         self.routing = routing
         self.clock = clock
         # Seconds from the connect reply to the last application of the decision being queued.
@@ -157,7 +172,8 @@ class CallRouter:
         deadline = gevent.Timeout(limit)
         deadline.start()
         try:
-            manager = client.responsible_manager(asked, timeout=limit + CLIENT_DEADLINE_SLACK)
+            found = client.manager_lookup(asked, timeout=limit + CLIENT_DEADLINE_SLACK,
+                                          ignore_status=account.ignore_status)
         except gevent.Timeout as exc:
             if exc is not deadline:
                 raise
@@ -170,19 +186,37 @@ class CallRouter:
             return Decision(FALLBACK, "CRM failed")
         finally:
             deadline.close()
+        manager = found.manager
         if manager is None:
-            return Decision(FALLBACK, "no free responsible manager")
+            return Decision(FALLBACK, "no responsible manager" if account.ignore_status
+                            else "no free responsible manager")
         extension = _extension_of(account, manager.get("code"))
         if extension is None:
             logger.warning("call %s account %s: the CRM's manager (user %s) has extension %s, which is not in "
                            "the account's extension map", call, account.name, _printable(manager.get("id")),
                            _printable(manager.get("code")))
             return Decision(FALLBACK, "manager's extension not configured")
-        if self.statuses.is_away(account.name, extension):
+        if not account.ignore_status and self.statuses.is_away(account.name, extension):
             return Decision(FALLBACK, "manager away (%s)" % self.statuses.status_of(account.name, extension))
         if not self._registered(account, extension, call):
             return Decision(FALLBACK, "manager's phone not registered")
-        return Decision(MANAGER, "responsible manager", extension)
+        if account.ignore_status and self._on_call(account, extension, call):
+            return Decision(FALLBACK, "manager's phone on a call")
+        name = callerid.customer_name(found.customer)
+        if found.customer is not None and name is None:
+            logger.info("call %s account %s: the CRM's name for the customer has nothing a phone can show; "
+                        "it shows the number", call, account.name)
+        return Decision(MANAGER, "responsible manager", extension, name)
+
+    def _on_call(self, account: AccountConfig, extension: str, call: str) -> bool:
+        busy = self.on_call(extension, account.domain) if self.on_call is not None else None
+        if busy is None:
+            # As with registration: unknown is not "busy". A phone that is busy says so (486) and
+            # the fallback takes the call.
+            logger.warning("call %s account %s: cannot tell whether extension %s is on a call; ringing it anyway",
+                           call, account.name, extension)
+            return False
+        return busy
 
     def _registered(self, account: AccountConfig, extension: str, call: str) -> bool:
         # The command connection has its own timeout; the outer one also bounds a reconnect.
@@ -224,7 +258,7 @@ class CallRouter:
             session.execute("set", "hangup_after_bridge=true")
             session.execute("set", "continue_on_fail=true")
             session.execute("export", "%s=%s" % (ROUTED_TO_VARIABLE, extension))
-            session.execute("bridge", "user/%s@%s" % (extension, account.domain))
+            session.execute("bridge", _bridge_arg(account, extension, decision.customer_name))
             if account.fallback:
                 session.execute("transfer", _transfer_arg(account))
                 session.decided = True
@@ -258,6 +292,15 @@ class CallRouter:
     @staticmethod
     def _dialled(channel: Mapping[str, str]) -> str:
         return next((channel[h] for h in DESTINATION_HEADERS if channel.get(h)), "")
+
+
+def _bridge_arg(account: AccountConfig, extension: str, customer_name: str | None) -> str:
+    """The manager's phone, showing the customer's name when the CRM gave one. A variable of the
+    bridged leg only: the fallback's phones and the caller's own leg are left as they were."""
+    target = "user/%s@%s" % (extension, account.domain)
+    if not customer_name:
+        return target
+    return "{%s=%s}%s" % (V_ORIGINATION_CALLER_ID_NAME, callerid.quoted(customer_name), target)
 
 
 def _transfer_arg(account: AccountConfig) -> str:

@@ -6,7 +6,6 @@ import datetime as dt
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Callable
 
 import gevent
@@ -16,6 +15,7 @@ from fs_crm import __version__
 from fs_crm.callbacks import make_app as make_callbacks_app
 from fs_crm.calls import CallTracker, parse_live_channels
 from fs_crm.cards import CardSender
+from fs_crm.cdr_intake import CdrIntake
 from fs_crm.clicktocall import ClickToCall
 from fs_crm.commands import FreeswitchCommands
 from fs_crm.config import Config
@@ -26,20 +26,24 @@ from fs_crm.eslsession import EslError
 from fs_crm.filemodes import private_dir
 from fs_crm.greenlets import spawn
 from fs_crm.history import HistorySender
+from fs_crm.history_queue import new_call
 from fs_crm.http import HttpServer, build_app
 from fs_crm.metrics import ServiceMetrics
+from fs_crm.missed_tasks import MissedCallTasker
 from fs_crm.outbound import OutboundServer
-from fs_crm.outbox import NewCall, Outbox, OutboxError, RecordingFile
+from fs_crm.outbox import NewCall, Outbox, OutboxError
 from fs_crm.payloads import CallEvent, CallRecord
+from fs_crm.pbx_statuses import PbxStatusReporter, custom_events
+from fs_crm.preflight import listen_problem
 from fs_crm.recording_uploads import RecordingUploader
 from fs_crm.routing import CallRouter
 from fs_crm.statuses import UserStatuses
 from fs_crm.store.offhub import OffHubOutbox, StatsCache
 from fs_crm.store.saver import StateSaver
-from recordings.base import RecordingStore, content_type_of
+from recordings.base import RecordingStore
 from recordings.local import LocalStore
 from recordings.playback import make_app as make_playback_app
-from recordings.tokens import RecordingLinks, TokenCodec, load_secret, recording_name
+from recordings.tokens import RecordingLinks, TokenCodec, load_secret
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +67,7 @@ class Service:
         self.clock = clock
         private_dir(config.state.dir)
         self.outbox = OffHubOutbox(Outbox(config.state.dir / "outbox.sqlite3"))
-        self.outbox_stats = StatsCache(self.outbox)
+        self.outbox_stats = StatsCache(self.outbox, on_foreign_commit=lambda: self._on_queued())
         self.metrics = ServiceMetrics(self)
         self.events_in = 0
         self.last_event_at: float | None = None
@@ -84,7 +88,8 @@ class Service:
             logger.info("resumed %d call(s) that were in progress when fs-crm last stopped", count)
         self.saver = StateSaver(self.outbox, self.tracker, self._new_call, self._on_queued, clock=clock)
         self.listener = EslListener(config.freeswitch, self.on_event, self.on_connected,
-                                    on_read_done=self.saver.save_soon, clock=clock)
+                                    on_read_done=self.saver.save_soon, clock=clock,
+                                    custom_events=custom_events(config.accounts))
         accounts = {a.name: a for a in config.accounts}
         # Commands (click-to-call, registration checks, status pushes) never share the event connection,
         # and the silent-call sweep's `show channels` goes on a lane of its own (fs_crm.commands).
@@ -99,9 +104,19 @@ class Service:
         self.router = CallRouter(config.accounts, self.clients, self.statuses, self.commands, config.routing,
                                  on_call=self._extension_on_call)
         self.routing = OutboundServer(config.routing, self.router.handle) if config.routing.enabled else None
+        # Optional per-account features, off by default: statuses set on the PBX go to the CRM,
+        # missed incoming calls become CRM tasks.
+        self.pbx_statuses = PbxStatusReporter(accounts, self.statuses, self.clients, config.delivery)
+        self.missed_tasks = MissedCallTasker(accounts, self.clients, config.delivery)
         self.store: RecordingStore | None = None
         self.recordings: RecordingUploader | None = None
         parts = [make_callbacks_app(self.click_to_call, self.statuses, accounts), self.metrics.make_app()]
+        self.cdrs: CdrIntake | None = None
+        if config.cdr.enabled:
+            self.cdrs = CdrIntake(config.cdr, self.outbox, self.tracker, config.accounts, self._new_call,
+                                  self._on_queued)
+            self.cdrs.load()
+            parts.append(self.cdrs.make_app())
         if config.storage.backend:
             self.store = build_store(config)
             codec = TokenCodec(load_secret(config.storage.url_secret, config.state.dir))
@@ -112,6 +127,7 @@ class Service:
         self.http = HttpServer(config.http, build_app(self.health, *parts))
         self.started = gevent.event.Event()
         self._stop = gevent.event.Event()
+        self._stopped = False
         self._failure: BaseException | None = None
         self._greenlets: list[gevent.Greenlet] = []
 
@@ -126,6 +142,9 @@ class Service:
     def on_event(self, event: Event) -> None:
         self.events_in += 1
         self.last_event_at = self.clock()
+        if event.name in self.pbx_statuses.subclasses:
+            self.pbx_statuses.handle(event)
+            return
         self._apply(self.tracker.handle(event))
 
     def _apply(self, effects: list[CallEvent | CallRecord]) -> None:
@@ -134,35 +153,19 @@ class Service:
                 self.cards.submit(effect)
             else:
                 self.saver.add_finished(effect)
+        # After the history: nothing a task does can keep a call from it.
+        for effect in effects:
+            if isinstance(effect, CallRecord):
+                self.missed_tasks.submit(effect)
 
     def _new_call(self, record: CallRecord) -> NewCall:
-        """A finished call as the outbox keeps it. A call with a recording waits (held) until the
-        recording is stored, at most storage.max_wait. Its recordUrl is decided now: a pure function
-        of the object name and the secret, so a recording stored after the wait still plays."""
-        payload = record.to_api()
-        name = self._recording_name(record)
-        if not name:
-            return NewCall(record.account, record.external_id, payload)
-        payload["recordUrl"] = self.recordings.links.url(name)
-        return NewCall(record.account, record.external_id, payload,
-                       RecordingFile(record.recording_path, name, content_type_of(record.recording_path)),
-                       self.clock() + self.config.storage.max_wait)
+        return new_call(record, self.recordings.links if self.recordings else None,
+                        self.clock() + self.config.storage.max_wait)
 
     def _on_queued(self) -> None:
         self.history.wake()
         if self.recordings is not None:
             self.recordings.wake()
-
-    def _recording_name(self, record: CallRecord) -> str | None:
-        if not record.recording_path or self.recordings is None:
-            return None
-        try:
-            return recording_name(record.account, record.external_id, dt.date.fromisoformat(record.date[:10]),
-                                  Path(record.recording_path).suffix)
-        except ValueError:
-            logger.warning("call %s account %s: recording %s is not mp3, wav, ogg or opus; the call goes without it",
-                           record.external_id, record.account, record.recording_path)
-            return None
 
     def on_connected(self, conn: EslConnection) -> None:
         """After every (re)connect: push the users' statuses again, and learn which calls are still
@@ -251,13 +254,22 @@ class Service:
         self._spawn("outbox-stats", self.outbox_stats.run)
         if self.recordings is not None:
             self._spawn("recording-uploader", self.recordings.run)
+        if self.cdrs is not None:
+            self._spawn("cdr-intake", self.cdrs.run)
+        if self.pbx_statuses.enabled:
+            self._spawn("pbx-status-intake", self.pbx_statuses.run_intake)
+            self._spawn("pbx-status-sender", self.pbx_statuses.run_sender)
+        if self.missed_tasks.enabled:
+            self._spawn("missed-call-tasks", self.missed_tasks.run)
         self.started.set()
 
     def _listen(self, key: str, start: Callable[[], None]) -> None:
         try:
             start()
         except OSError as exc:
-            raise StartupError("%s: cannot listen (%s) [%s]" % (self.config.path, exc.strerror or exc, key)) from None
+            where = self.config.http if key.startswith("[http]") else self.config.routing
+            raise StartupError("%s: %s %s:%d: cannot listen: %s" % (self.config.path, key, where.listen_host,
+                                                                    where.listen_port, listen_problem(exc))) from None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -266,7 +278,11 @@ class Service:
         self._stop.wait()
 
     def stop(self) -> None:
-        """Drain and exit: stop listening, let cards and the upload in flight finish, keep the rest on disk."""
+        """Drain and exit: stop listening, let cards and the upload in flight finish, keep the rest on disk.
+        Once: a second call does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
         self._stop.set()
         self.listener.stop()
         if self.routing is not None:
@@ -276,9 +292,13 @@ class Service:
         if self.recordings is not None:
             self.recordings.stop()
         self.history.stop()
+        self.pbx_statuses.stop()
+        self.missed_tasks.stop()
         self.commands.close()
         self.saver.stop()
         self.outbox_stats.stop()
+        if self.cdrs is not None:
+            self.cdrs.stop()
         for greenlet in self._greenlets:
             greenlet.join(timeout=5.0)
         gevent.killall([g for g in self._greenlets if not g.dead], timeout=2.0)

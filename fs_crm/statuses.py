@@ -4,7 +4,8 @@ pushed to FreeSWITCH where the account asks for it (mod_callcenter, or a hash/db
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+import time
+from typing import Callable, Mapping
 
 import gevent
 import gevent.lock
@@ -22,6 +23,20 @@ FREE = "free"
 # mod_callcenter has no reasons for a break: every status but free is "On Break".
 CALLCENTER_STATUS = {"free": "Available", "busy": "On Break", "dinner": "On Break", "break": "On Break"}
 FLAG_REALM = "fs_crm_status"
+# mod_callcenter fires agent-status-change for every status set, ours included: a push's echo comes
+# back on the event socket and is not a change made on the PBX. Echoes not seen within this long
+# (a push FreeSWITCH never ran) are forgotten.
+ECHO_SECONDS = 30.0
+
+
+def status_of_agent(agent_status: str, current: str | None) -> str | None:
+    """The CRM status a mod_callcenter agent status stands for; None for those it has none for
+    (Logged Out). "On Break" is any status but free: it keeps the reason already known."""
+    if agent_status in ("Available", "Available (On Demand)"):
+        return FREE
+    if agent_status == "On Break":
+        return current if current is not None and current != FREE else "break"
+    return None
 
 
 def push_command(account: AccountConfig, extension: str, status: str) -> str | None:
@@ -47,10 +62,14 @@ class UserStatuses:
     by the older value push_all would otherwise have sent after it.
     """
 
-    def __init__(self, outbox: Outbox, accounts: Mapping[str, AccountConfig], commands: FreeswitchCommands):
+    def __init__(self, outbox: Outbox, accounts: Mapping[str, AccountConfig], commands: FreeswitchCommands,
+                 clock: Callable[[], float] = time.monotonic):
         self.outbox = outbox
         self.accounts = accounts
         self.commands = commands
+        self._clock = clock
+        # (account, extension) -> [(agent status, expires at)]: echoes of our mod_callcenter pushes.
+        self._echoes: dict[tuple[str, str], list[tuple[str, float]]] = {}
         self._statuses = outbox.user_statuses()
         self._locks: dict[tuple[str, str], gevent.lock.Semaphore] = {}
         # FreeSWITCH forgets hash/db flags and agent statuses when it restarts, so what it has been
@@ -79,6 +98,48 @@ class UserStatuses:
         logger.info("account %s: extension %s (user %s) is now %s", account, extension, user_id, status)
         spawn("status-push-%s" % extension, self._push, account, extension, True)
 
+    def from_pbx(self, account: str, extension: str, user_id: int | None, status: str, *,
+                 agent_status: str | None = None) -> bool:
+        """A status set on the PBX: by the dialplan's feature code, or (`agent_status`) the
+        mod_callcenter agent status it was read from. True when it is news the CRM must hear: not
+        the echo of a push of ours, not the status already known (what the CRM told us last, or
+        the PBX). Remembered like the CRM's; a mod_callcenter status is not pushed back to it."""
+        key = (account, extension)
+        if agent_status is not None and self._is_echo(key, agent_status):
+            logger.debug("account %s: extension %s agent status %r is the echo of our push", account, extension,
+                         agent_status)
+            return False
+        if self._statuses.get(key) == status:
+            return False
+        try:
+            self.outbox.set_user_status(account, extension, user_id, status)
+        except OutboxError as exc:
+            logger.warning("account %s: status of extension %s not saved (%s); it holds until fs-crm restarts",
+                           account, extension, exc)
+        self._statuses[key] = status
+        logger.info("account %s: extension %s (user %s) set %s on the PBX", account, extension, user_id, status)
+        if agent_status is None:
+            spawn("status-push-%s" % extension, self._push, account, extension, True)
+        else:
+            self._pushed[key] = (self._round, status)  # mod_callcenter has it: it told us
+        return True
+
+    def _expect_echo(self, key: tuple[str, str], agent_status: str) -> None:
+        now = self._clock()
+        pending = [e for e in self._echoes.get(key, ()) if e[1] > now]
+        pending.append((agent_status, now + ECHO_SECONDS))
+        self._echoes[key] = pending
+
+    def _is_echo(self, key: tuple[str, str], agent_status: str) -> bool:
+        now = self._clock()
+        pending = [e for e in self._echoes.pop(key, ()) if e[1] > now]
+        match = next((i for i, (value, _) in enumerate(pending) if value == agent_status), None)
+        if match is not None:
+            del pending[match]
+        if pending:
+            self._echoes[key] = pending
+        return match is not None
+
     def _push(self, account: str, extension: str, always: bool = False) -> bool:
         """Send the extension's current status; without `always`, only if FreeSWITCH has not
         confirmed it since the last push_all."""
@@ -91,6 +152,8 @@ class UserStatuses:
             command = push_command(self.accounts[account], extension, status)
             if command is None:
                 return True
+            if self.accounts[account].status_push == "callcenter":
+                self._expect_echo(key, CALLCENTER_STATUS[status])
             try:
                 self.commands.api(command, timeout=2.0)
             except EslError as exc:

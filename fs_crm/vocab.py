@@ -29,11 +29,16 @@ TRACKED_EVENTS = (
 )
 SUBSCRIBED_EVENTS = TRACKED_EVENTS
 SUBSCRIBED_CUSTOM: tuple[str, ...] = ()
+# CUSTOM subclasses of optional features, added to the subscription only when an account uses them
+# (status_from_pbx): statuses set with conf/freeswitch/dnd.xml's feature codes (the dialplan's
+# `event` application), and mod_callcenter's events (agent-status-change among many others).
+FS_CRM_STATUS = "fs_crm::status"
+CALLCENTER_INFO = "callcenter::info"
 
 
-def subscribe_command() -> str:
+def subscribe_command(custom: tuple[str, ...] = SUBSCRIBED_CUSTOM) -> str:
     command = "event plain %s" % " ".join(SUBSCRIBED_EVENTS)
-    return command + (" CUSTOM %s" % " ".join(SUBSCRIBED_CUSTOM) if SUBSCRIBED_CUSTOM else "")
+    return command + (" CUSTOM %s" % " ".join(custom) if custom else "")
 
 
 # --- ESL content types ------------------------------------------------------------------------
@@ -71,6 +76,16 @@ H_HANGUP_TIME = "Caller-Channel-Hangup-Time"
 H_RECORD_FILE_PATH = "Record-File-Path"
 H_RECORD_COMPLETION_CAUSE = "Record-Completion-Cause"
 H_JOB_UUID = "Job-UUID"
+# fs_crm::status, as conf/freeswitch/dnd.xml fires it: whose status, and which.
+H_CRM_EXTENSION = "CRM-Extension"
+H_CRM_DOMAIN = "CRM-Domain"
+H_CRM_STATUS = "CRM-Status"
+# callcenter::info (mod_callcenter.c cc_agent_update): CC-Action agent-status-change names the agent
+# and its new status.
+H_CC_ACTION = "CC-Action"
+H_CC_AGENT = "CC-Agent"
+H_CC_AGENT_STATUS = "CC-Agent-Status"
+CC_AGENT_STATUS_CHANGE = "agent-status-change"
 
 V_DIALED_USER = "variable_dialed_user"
 V_DIALED_DOMAIN = "variable_dialed_domain"

@@ -11,13 +11,15 @@ import requests
 from e2e import config_table
 
 from fs_crm.config import parse_config
+from fs_crm.crm import MANAGER_PATH
 from fs_crm.outbox import Outbox
 from fs_crm.polling import wait_for
 from fs_crm.service import Service
 from fs_crm.sim import free_port
 from fs_crm.sim.calls import first_leg, fresh_call
 from fs_crm.sim.config import to_toml
-from fs_crm.sim.fake_freeswitch import capture_path, load_connect_reply
+from fs_crm.sim.fake_crm import customer
+from fs_crm.sim.fake_freeswitch import capture_path, load_connect_reply, renumber_call
 from fs_crm.statuses import UserStatuses
 
 REGISTERED = {"100", "200"}
@@ -149,6 +151,85 @@ def test_given_parameter_that_is_no_phone_number_when_make_call_then_400_naming_
     assert originates(fs) == []
 
 
+@pytest.mark.parametrize("query,message", [
+    ("clientId=client-1&code=100&userId=1", "phone is required"),
+    ("clientId=client-1&code=100&userId=1&phone=", "phone is required"),
+    ("clientId=client-1&code=100&phone=79121234567&phone=79121234568", "phone given twice"),
+    ("clientId=client-1&code=100&phone=79121234567&externalPhone=1&externalPhone=2", "externalPhone given twice"),
+])
+def test_given_phone_missing_or_twice_when_make_call_then_400_naming_it(running, query, message):
+    fs, crm, port, tmp_path = running
+    start(fs, crm, tmp_path, port)
+    answer = requests.get("http://127.0.0.1:%d/make-call?%s" % (port, query), timeout=5)
+    assert (answer.status_code, answer.text) == (400, message + "\n")
+    assert originates(fs) == []
+
+
+# --- the customer's name on the manager's phone ----------------------------------------------------
+
+def manager_leg_name(command: str) -> str:
+    return re.search(r"[{,]origination_caller_id_name=('[^']*'|[^,}]*)[,}]", command).group(1)
+
+
+def test_given_crm_knows_the_customer_when_make_call_then_managers_phone_shows_his_name(running):
+    fs, crm, port, tmp_path = running
+    crm.customers["79121234567"] = customer(7, "Иван", "Петров", phones=["+7 912 123-45-67"])
+    start(fs, crm, tmp_path, port)
+    answer = call(port, **dict(GOOD, phone="8 (912) 123-45-67"))
+    assert answer.status_code == 200, answer.text
+    assert wait_for(lambda: originates(fs), timeout=5)
+    command = originates(fs)[0]
+    call_uuid = answer.text.split()[1]
+    # Only the name changed: the number shown, the markers and the customer's leg are as before.
+    assert command == (
+        "bgapi originate {origination_uuid=%s,origination_caller_id_number=79121234567,"
+        "origination_caller_id_name='Иван Петров',originate_timeout=30,ignore_early_media=true,"
+        "hangup_after_bridge=true,crm_direction=out,crm_phone=79121234567,crm_user_id=1,"
+        "crm_external_phone=+74999999999,effective_caller_id_number=+74999999999,"
+        "effective_caller_id_name=+74999999999}user/100@pbx.test 79121234567 XML default" % call_uuid)
+    [lookup] = [r for r in crm.requests if r.path == MANAGER_PATH]
+    assert (lookup.query["phone"], lookup.query["details"]) == ("79121234567", "1")
+
+
+@pytest.mark.parametrize("first,last,shown", [
+    ("Ann", "O'Brien", "'Ann O\u2019Brien'"),
+    ("Ivan }user/200@pbx.test", "x", "'Ivan user200pbx.test x'"),
+    ("${system(id)}", "'Petrov' 8 912", "'systemid \u2019Petrov\u2019 8 912'"),
+    ("Ivan,originate_timeout=1", "^^:a=b", "'Ivanoriginatetimeout1 ab'"),
+    ("{}", "$", "79121234567"),  # nothing left to show: the number
+])
+def test_given_hostile_customer_name_when_make_call_then_only_its_safe_part_in_the_originate(running, first, last,
+                                                                                              shown):
+    fs, crm, port, tmp_path = running
+    crm.customers["79121234567"] = customer(7, first, last)
+    start(fs, crm, tmp_path, port, outbound_route="sofia/gateway/carrier/{number}")
+    assert call(port, **GOOD).status_code == 200
+    assert wait_for(lambda: originates(fs), timeout=5)
+    command = originates(fs)[0]
+    assert manager_leg_name(command) == shown
+    assert command.count("{") == 2 and command.count("}") == 2 and command.count("(") == 1
+    assert command.endswith("}user/100@pbx.test &bridge({origination_caller_id_number=+74999999999,"
+                            "origination_caller_id_name=+74999999999}sofia/gateway/carrier/79121234567)")
+
+
+@pytest.mark.parametrize("crm_trouble", ["slow", "error", "unknown number"])
+def test_given_crm_cannot_name_the_customer_when_make_call_then_the_call_starts_showing_the_number(running,
+                                                                                                   crm_trouble):
+    fs, crm, port, tmp_path = running
+    crm.customers["79121234567"] = customer(7, "Иван", "Петров")
+    if crm_trouble == "slow":
+        crm.manager_delay = 5.0  # far beyond the lookup's bound: the answer must not wait for it
+    elif crm_trouble == "error":
+        crm.fail_next(1, status=500)
+    else:
+        crm.customers.clear()
+    start(fs, crm, tmp_path, port)
+    answer = call(port, **GOOD)
+    assert answer.status_code == 200, answer.text
+    assert wait_for(lambda: originates(fs), timeout=5)
+    assert manager_leg_name(originates(fs)[0]) == "79121234567"
+
+
 def test_given_post_form_when_make_call_then_accepted(running):
     fs, crm, port, tmp_path = running
     start(fs, crm, tmp_path, port)
@@ -259,6 +340,34 @@ def test_given_incoming_call_when_freeswitch_hands_it_to_the_service_router_then
     assert call.executed[0] == ("ring_ready", "")
     assert call.executed.index(("bridge", "user/100@pbx.test")) < call.executed.index(("transfer", "sales XML default"))
     call.hangup()
+
+
+def test_given_ignore_status_when_managers_phone_is_on_a_call_then_fallback_and_once_it_ends_he_rings(running):
+    """The service's own view of the calls in progress (the event socket) says whether the manager's
+    phone is free; the CRM names him whatever his CRM status."""
+    fs, crm, port, tmp_path = running
+    svc = start(fs, crm, tmp_path, port, fallback="sales", ignore_status=True)
+    crm.managers["79121234567"] = {"id": 1, "firstName": "Ivan", "code": "100"}
+    crm.user_statuses[1] = "busy"  # on the phone, as the CRM sees it
+    reply = load_connect_reply(capture_path("in_socket_route.outbound_socket.txt"))
+    talking = fresh_call("out_answered", "ignore-status-busy")  # 100 dials a customer and talks
+    hangup_at = next(i for i, body in enumerate(talking) if body.startswith(b"Event-Name: CHANNEL_HANGUP\n"))
+    fs.play(talking[:hangup_at])
+    assert wait_for(lambda: svc.tracker.extension_on_call("100", "pbx.test"), timeout=5)
+
+    busy = fs.outbound_connect("127.0.0.1", svc.routing.port, reply)
+    assert wait_for(lambda: ("transfer", "sales XML default") in busy.executed, timeout=5), busy.executed
+    assert not any(app == "bridge" for app, _ in busy.executed)
+    assert svc.router.reasons["manager's phone on a call"] == 1
+    busy.hangup()
+
+    fs.play(talking[hangup_at:])
+    assert wait_for(lambda: not svc.tracker.extension_on_call("100", "pbx.test"), timeout=5)
+    free = fs.outbound_connect("127.0.0.1", svc.routing.port, renumber_call([reply], seed="second")[0])
+    assert wait_for(lambda: ("transfer", "sales XML default") in free.executed, timeout=5), free.executed
+    assert ("bridge", "user/100@pbx.test") in free.executed
+    assert all(r.query.get("ignoreStatus") == "1" for r in crm.requests if r.path == MANAGER_PATH)
+    free.hangup()
 
 
 def test_given_routing_port_in_use_when_run_then_clear_error_and_exit_1(fakes, tmp_path):

@@ -89,7 +89,7 @@ def test_given_calls_set_aside_when_outbox_retry_then_requeued_and_reported(fake
     assert "pending: 1" in shown.stdout and "set aside (failed): 1" in shown.stdout
     assert "call-1" in shown.stdout and "calls[0][phone] is invalid" in shown.stdout
 
-    retried = fs_crm("outbox", "-c", str(config), "--retry")
+    retried = fs_crm("outbox", "-c", str(config), "--retry", "--all")
     assert retried.returncode == 0
     assert "requeued 1" in retried.stdout and "pending: 2" in retried.stdout
 

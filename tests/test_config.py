@@ -17,7 +17,16 @@ def test_given_shipped_example_when_loaded_then_valid():
     assert account.name == "shop" and account.user_id_of("200") == 2
     assert account.site_of("8 (499) 999-99-99") == ("shop1", "+74999999999")
     assert account.country == "RU" and account.canonical_phone("8 912 123-45-67") == "79121234567"
+    assert account.ignore_status is False
     assert config.storage.backend == "local"
+
+
+@pytest.mark.parametrize("given,expected", [({}, False), ({"ignore_status": True}, True),
+                                            ({"ignore_status": False}, False)])
+def test_given_routing_ignore_status_when_loaded_then_per_account(given, expected):
+    accounts = parse_config("c.toml", {"accounts": [dict(ACCOUNT, **given), dict(ACCOUNT, name="b", client_id="d", domain="e")]},
+                            env={}).accounts
+    assert (accounts[0].ignore_status, accounts[1].ignore_status) == (expected, False)
 
 
 @pytest.mark.parametrize("given,country,canonical", [
@@ -78,6 +87,7 @@ def test_given_storage_section_when_loaded_then_backend_follows_what_is_set(stor
     ({"accounts": [ACCOUNT], "storage": {"bucket": "b", "url_secret": "short"}}, "key 'url_secret': must be at least"),
     ({"accounts": []}, "[accounts]: at least one [[accounts]] table is required"),
     ({"accounts": [dict(ACCOUNT, api_key="")]}, "key 'api_key': must not be empty"),
+    ({"accounts": [dict(ACCOUNT, ignore_status="yes")]}, "[accounts 'shop'] key 'ignore_status': must be true or false"),
 ])
 def test_given_bad_value_when_loaded_then_error_names_file_section_and_key(data, message):
     with pytest.raises(ConfigError) as err:

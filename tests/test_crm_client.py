@@ -24,7 +24,7 @@ from fs_crm.crm import (
     UploadResult,
 )
 from fs_crm.payloads import CallEvent, CallRecord
-from fs_crm.sim.fake_crm import FakeCrm
+from fs_crm.sim.fake_crm import FakeCrm, customer
 
 SECRET = "sekret-5f3a9c1e-key"
 # Fast failure, and a limiter that never makes these tests wait.
@@ -407,6 +407,32 @@ def test_given_known_customer_when_responsible_manager_then_manager_object(fake,
 
 def test_given_unknown_customer_when_responsible_manager_then_none(client):
     assert client.responsible_manager("70000000000", timeout=1.0) is None
+
+
+def test_given_known_customer_when_manager_lookup_then_manager_and_customer(fake, client):
+    fake.managers["79991234567"] = {"id": 7, "firstName": "Ann", "code": "101"}
+    fake.customers["79991234567"] = customer(42, "Иван", "Петров", phones=["+7 999 123-45-67"])
+
+    found = client.manager_lookup("79991234567", timeout=1.0)
+
+    assert found.manager == {"id": 7, "firstName": "Ann", "code": "101"}
+    assert found.customer == {"id": 42, "firstName": "Иван", "lastName": "Петров",
+                              "phones": [{"number": "+7 999 123-45-67"}]}
+
+
+@pytest.mark.parametrize("ignore_status,named", [(False, False), (True, True)])
+def test_given_manager_not_free_when_manager_lookup_then_named_only_when_status_ignored(fake, client, ignore_status,
+                                                                                       named):
+    fake.managers["79991234567"] = {"id": 7, "firstName": "Ann", "code": "101"}
+    fake.user_statuses[7] = "dinner"
+    fake.customers["79991234567"] = customer(42, "Иван")
+
+    found = client.manager_lookup("79991234567", timeout=1.0, ignore_status=ignore_status)
+
+    assert (found.manager is not None) == named
+    assert found.customer["firstName"] == "Иван"  # the customer comes whatever the manager's status
+    expected = {"phone": "79991234567", "details": "1", **({"ignoreStatus": "1"} if ignore_status else {})}
+    assert fake.requests[0].query == expected
 
 
 def test_given_slow_crm_when_responsible_manager_then_unavailable_within_timeout(fake, client):

@@ -18,6 +18,7 @@ from fs_crm.outbound import OutboundServer, SessionGone
 from fs_crm.outbox import Outbox
 from fs_crm.routing import DIALPLAN, FALLBACK, HUNG_UP, MANAGER, CallRouter
 from fs_crm.sim import wait_for
+from fs_crm.sim.fake_crm import customer
 from fs_crm.sim.fake_freeswitch import capture_path, load_connect_reply, renumber_call, url_encode
 from fs_crm.statuses import UserStatuses
 
@@ -69,7 +70,7 @@ def make_routing(fakes, tmp_path):
     fs, crm = fakes
     built = []
 
-    def make(accounts=(), max_sessions=1000, manager_timeout=DEADLINE, **account) -> Routing:
+    def make(accounts=(), max_sessions=1000, manager_timeout=DEADLINE, on_call=None, **account) -> Routing:
         registered = {"100", "200"}
 
         def sofia_contact(args: str) -> str:
@@ -88,7 +89,7 @@ def make_routing(fakes, tmp_path):
         commands = FreeswitchCommands(config.freeswitch)
         outbox = Outbox(tmp_path / "outbox.sqlite3")
         statuses = UserStatuses(outbox, {a.name: a for a in config.accounts}, commands)
-        router = CallRouter(config.accounts, clients, statuses, commands, config.routing)
+        router = CallRouter(config.accounts, clients, statuses, commands, config.routing, on_call=on_call)
         server = OutboundServer(config.routing, router.handle, max_sessions=max_sessions, command_timeout=2.0)
         server.start()
         built.append((server, commands, outbox, clients))
@@ -312,6 +313,142 @@ def test_given_twenty_concurrent_calls_when_routed_then_each_bridged_to_the_mana
     for call in calls:
         call.hangup()
     assert wait_for(lambda: routing.server.active_sessions == 0, timeout=5)
+
+
+# --- the customer's name on the manager's phone -----------------------------------------------------
+
+def bridge_showing(name: str) -> tuple[str, str]:
+    return ("bridge", "{origination_caller_id_name='%s'}user/100@pbx.test" % name)
+
+
+def test_given_crm_knows_the_customer_when_routed_then_the_bridge_shows_his_name_on_the_managers_phone(routing):
+    routing.crm.managers[CUSTOMER] = IVAN
+    routing.crm.customers[CUSTOMER] = customer(7, "Иван", "Петров", phones=[CUSTOMER], patronymic="Сергеевич")
+
+    call = routing.call()
+
+    assert routing.decided()
+    assert call.executed == [RING, *TO_IVAN[:-1], bridge_showing("Иван Петров"), TO_FALLBACK]
+    # Only the bridged leg gets the name: nothing is set on the caller's leg, whose variables the
+    # fallback's phones would inherit.
+    assert not any(app == "set" and "caller_id" in arg for app, arg in call.executed)
+    # The sendmsg header as FreeSWITCH reads it: raw UTF-8 after "execute-app-arg: ".
+    assert ("execute-app-arg", "{origination_caller_id_name='Иван Петров'}user/100@pbx.test") in call.messages[-2]
+    assert [r.query.get("details") for r in routing.manager_requests()] == ["1"]
+
+
+# The CRM's first and last names as a hostile or careless CRM user may have typed them, and what
+# the manager's phone is allowed to get (fs_crm.callerid's rule).
+HOSTILE_NAMES = [
+    (("Ann", "O'Brien"), "Ann O\u2019Brien"),
+    (("Ivan, 100", "}user/200@pbx.test,{x=y"), "Ivan 100 user200pbx.testxy"),
+    (("^^:origination_uuid=x", "Lee"), "originationuuidx Lee"),
+    (("Ivan\ncall-command: hangup", "Petrov"), "Ivan call-command hangup Petrov"),
+    (("${system(touch /tmp/pwned)}", "Petrov"), "systemtouch tmppwned Petrov"),
+    (("Zoe", "\"Boss\" 'x' %0D%0AVia: evil"), "Zoe Boss \u2019x\u2019 0D0AVia evil"),
+    (("Иван", "Петров)&bridge(sofia/gateway/carrier/88005553535)"), "Иван Петровbridgesofiagatewaycarrier8800"),
+    (("مريم", "\u202eevil\u200b"), "مريم evil"),
+    (("  Jean-Luc ", "\tPicard  "), "Jean-Luc Picard"),
+]
+
+
+@pytest.mark.parametrize("names,shown", HOSTILE_NAMES)
+def test_given_hostile_customer_name_when_routed_then_only_its_safe_part_reaches_freeswitch(routing, names, shown):
+    routing.crm.managers[CUSTOMER] = IVAN
+    routing.crm.customers[CUSTOMER] = customer(7, *names, phones=[CUSTOMER])
+
+    call = routing.call()
+
+    assert routing.decided()
+    assert call.executed == [RING, *TO_IVAN[:-1], bridge_showing(shown), TO_FALLBACK]
+
+
+@pytest.mark.parametrize("names", [("", ""), ("{}", "$$"), ("\n", "\t")])
+def test_given_customer_name_with_nothing_to_show_when_routed_then_the_phone_shows_the_callers_number(routing,
+                                                                                                     names):
+    routing.crm.managers[CUSTOMER] = IVAN
+    routing.crm.customers[CUSTOMER] = customer(7, *names, phones=[CUSTOMER])
+
+    call = routing.call()
+
+    assert routing.decided()
+    assert call.executed == [RING, *TO_IVAN, TO_FALLBACK]
+
+
+# --- ignore_status: the manager's phone, not his CRM status ----------------------------------------
+
+@pytest.mark.parametrize("crm_status", ["busy", "dinner", "break", "offline"])
+def test_given_ignore_status_when_manager_not_free_in_crm_but_phone_free_then_he_rings(make_routing, crm_status):
+    routing = make_routing(ignore_status=True, on_call=lambda extension, domain: False)
+    routing.crm.managers[CUSTOMER] = IVAN
+    routing.crm.user_statuses[1] = crm_status  # the CRM names him only when asked to ignore it
+    routing.statuses.record("shop", "100", 1, crm_status if crm_status != "offline" else "break")
+
+    call = routing.call()
+
+    assert routing.decided()
+    assert call.executed == [RING, *TO_IVAN, TO_FALLBACK]
+    assert [(r.query["phone"], r.query.get("ignoreStatus")) for r in routing.manager_requests()] == [(CUSTOMER, "1")]
+
+
+def test_given_no_ignore_status_when_manager_not_free_in_crm_then_fallback_and_crm_asked_plainly(routing):
+    routing.crm.managers[CUSTOMER] = IVAN
+    routing.crm.user_statuses[1] = "dinner"
+
+    call = routing.call()
+
+    assert routing.decided()
+    assert call.executed == [RING, TO_FALLBACK]
+    assert routing.router.reasons == {"no free responsible manager": 1}
+    assert "ignoreStatus" not in routing.manager_requests()[0].query
+
+
+def test_given_ignore_status_when_managers_phone_on_a_call_then_fallback(make_routing):
+    asked = []
+    routing = make_routing(ignore_status=True, on_call=lambda extension, domain: asked.append((extension, domain))
+                           or True)
+    routing.crm.managers[CUSTOMER] = IVAN
+
+    call = routing.call()
+
+    assert routing.decided()
+    assert call.executed == [RING, TO_FALLBACK]
+    assert routing.router.reasons == {"manager's phone on a call": 1}
+    assert asked == [("100", "pbx.test")]
+
+
+def test_given_ignore_status_when_managers_phone_not_registered_then_fallback(make_routing):
+    routing = make_routing(ignore_status=True, on_call=lambda extension, domain: False)
+    routing.crm.managers[CUSTOMER] = IVAN
+    routing.crm.user_statuses[1] = "break"
+    routing.registered.discard("100")
+
+    call = routing.call()
+
+    assert routing.decided()
+    assert call.executed == [RING, TO_FALLBACK]
+    assert routing.router.reasons == {"manager's phone not registered": 1}
+
+
+def test_given_ignore_status_when_cannot_tell_whether_phone_on_a_call_then_he_rings(make_routing, caplog):
+    routing = make_routing(ignore_status=True, on_call=lambda extension, domain: None)
+    routing.crm.managers[CUSTOMER] = IVAN
+
+    call = routing.call()
+
+    assert routing.decided()
+    assert call.executed == [RING, *TO_IVAN, TO_FALLBACK]
+    assert any("cannot tell whether extension 100 is on a call" in r.getMessage() for r in caplog.records)
+
+
+def test_given_ignore_status_when_crm_names_nobody_then_fallback(make_routing):
+    routing = make_routing(ignore_status=True, on_call=lambda extension, domain: False)
+
+    call = routing.call()
+
+    assert routing.decided()
+    assert call.executed == [RING, TO_FALLBACK]
+    assert routing.router.reasons == {"no responsible manager": 1}
 
 
 # --- without a fallback: the dialplan after `socket` is the fallback ------------------------------

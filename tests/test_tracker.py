@@ -329,3 +329,30 @@ def test_given_outgoing_call_orphaned_when_its_phone_leg_named_the_file_then_rec
     [record] = [e for e in tracker.expire_orphans(last_us + 10_000_000, 3_000_000) if isinstance(e, CallRecord)]
     assert record.recording_path == "/rec/fs-crm/%s.wav" % phone_leg
     assert (record.type, record.result, record.code, record.duration) == ("out", "answered", "100", 4)
+
+
+def test_given_ring_group_call_when_played_then_each_phone_on_a_call_until_its_own_leg_hangs_up():
+    """What ignore_status routing asks: is a phone of this extension in a call right now?"""
+    tracker = CallTracker(accounts(SHOP))
+    seen = []
+    for event in events_of("in_answered_ringgroup"):
+        tracker.handle(event)
+        state = (tracker.extension_on_call("100", "pbx.test"), tracker.extension_on_call("200", "PBX.test"))
+        if not seen or seen[-1] != state:
+            seen.append(state)
+        assert not tracker.extension_on_call("300", "pbx.test")
+        assert not tracker.extension_on_call("100", "other.test")
+    # Both ring; 200 answers and 100's leg ends (LOSE_RACE); the call ends.
+    assert seen == [(False, False), (True, False), (True, True), (False, True), (False, False)]
+
+
+def test_given_manager_dials_out_when_played_then_his_phone_is_on_a_call():
+    tracker = CallTracker(accounts(SHOP))
+    events = events_of("out_answered")
+    hangup = next(i for i, event in enumerate(events) if event.name == "CHANNEL_HANGUP")
+    for event in events[:hangup]:
+        tracker.handle(event)
+    assert tracker.extension_on_call("100", "pbx.test")
+    for event in events[hangup:]:
+        tracker.handle(event)
+    assert not tracker.extension_on_call("100", "pbx.test")

@@ -41,20 +41,31 @@ def customer_leg(call: Call, direction: str) -> Leg | None:
     return (answered or sorted(externals, key=lambda leg: leg.created_us))[0]
 
 
-def customer_phone(call: Call, direction: str, customer: Leg, account: AccountConfig) -> str:
-    """The customer's number in the one canonical form every CRM request uses."""
+def customer_number(call: Call, direction: str, customer: Leg) -> str:
+    """The customer's number as FreeSWITCH (or our click-to-call) had it."""
     for leg in call.legs.values():
         if leg.crm_phone:
-            return account.canonical_phone(leg.crm_phone)
-    if direction == vocab.EVENT_IN:
-        return account.canonical_phone(customer.caller_number)
-    return account.canonical_phone(customer.destination)
+            return leg.crm_phone
+    return customer.caller_number if direction == vocab.EVENT_IN else customer.destination
+
+
+def customer_phone(call: Call, direction: str, customer: Leg, account: AccountConfig) -> str:
+    """The customer's number in the one canonical form every CRM request uses."""
+    return account.canonical_phone(customer_number(call, direction, customer))
+
+
+def company_numbers(call: Call, customer: Leg) -> tuple[str, ...]:
+    """Numbers that may be the company's, best first: what our click-to-call marked, then the leg's."""
+    marked = [leg.crm_external_phone for leg in call.legs.values() if leg.crm_external_phone]
+    return tuple(marked) + customer.company_candidates
 
 
 def company_number(call: Call, customer: Leg, account: AccountConfig) -> tuple[str | None, str | None]:
     """(externalPhone, site): the configured number and its store when one matches."""
-    marked = [leg.crm_external_phone for leg in call.legs.values() if leg.crm_external_phone]
-    candidates = tuple(marked) + customer.company_candidates
+    return company_number_of(company_numbers(call, customer), account)
+
+
+def company_number_of(candidates, account: AccountConfig) -> tuple[str | None, str | None]:
     for number in candidates:
         match = account.site_of(number)
         if match is not None:
@@ -94,17 +105,56 @@ def record_of(call: Call, direction: str, account: AccountConfig) -> CallRecord 
         result = unanswered_result([leg.hangup_cause for leg in failed_legs])
     talk, waited = durations(customer, answered)
     root = call.root or customer
-    external_phone, site = company_number(call, customer, account)
-    code = handler.extension if handler else None
     recordings = [path for path in (recording_of(leg) for leg in sorted(call.legs.values(),
                                                                        key=lambda x: x.uuid != call.id)) if path]
+    # What the call was, before the account's config turned it into CRM fields: kept with the call
+    # in the outbox, so the payload is rendered again from the config in force when it is sent (a
+    # call the CRM refused goes out right after the operator fixed the config).
+    facts = {"started_us": root.created_us, "customer": customer_number(call, direction, customer),
+             "extension": handler.extension if handler else None,
+             "company_numbers": list(company_numbers(call, customer))}
     return CallRecord(
-        account=account.name, external_id=call.id, date=local_time(root.created_us, account),
-        type=direction, phone=customer_phone(call, direction, customer, account), result=result,
-        duration=talk, duration_waiting=waited, code=code,
-        user_id=account.user_id_of(code) if code else None, external_phone=external_phone, site=site,
-        recording_path=recordings[0] if recordings else None,
+        account=account.name, external_id=call.id, type=direction, result=result,
+        duration=talk, duration_waiting=waited, recording_path=recordings[0] if recordings else None,
+        facts=facts, **config_fields(facts, account),
     )
+
+
+def config_fields(facts: dict, account: AccountConfig) -> dict:
+    """The CallRecord fields the account's config decides: time zone, number format, the extension
+    map, company numbers and their stores and sources."""
+    external_phone, site = company_number_of(facts.get("company_numbers") or (), account)
+    code = facts.get("extension")
+    return {"date": local_time(facts["started_us"], account), "phone": account.canonical_phone(facts["customer"]),
+            "code": code, "user_id": account.user_id_of(code) if code else None,
+            "external_phone": external_phone, "site": site, "source": call_source(external_phone, site, account)}
+
+
+def rendered(payload: dict, facts: dict | None, account: AccountConfig) -> dict:
+    """A queued call's calls/upload object with its config-decided fields rendered from `account` now.
+    Without facts (queued by an older fs-crm) the payload goes as it was queued."""
+    if not facts:
+        return payload
+    fields = config_fields(facts, account)
+    out = dict(payload)
+    for key, value in (("date", fields["date"]), ("phone", fields["phone"]), ("code", fields["code"]),
+                       ("userId", fields["user_id"]), ("externalPhone", fields["external_phone"]),
+                       ("site", fields["site"]), ("source", dict(fields["source"]) or None)):
+        if value is None or value == "":
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
+
+
+def call_source(external_phone: str | None, site: str | None,
+                account: AccountConfig) -> tuple[tuple[str, str], ...]:
+    """Call tracking: the source configured for the company number, only when it matched one of
+    external_phones (`site` is set then); another number the call carried has none."""
+    if site is None:
+        return ()
+    source = account.source_of(external_phone)
+    return tuple(source.items()) if source else ()
 
 
 def unanswered_result(causes: list[str | None]) -> str:

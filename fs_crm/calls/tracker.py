@@ -181,6 +181,19 @@ class CallTracker:
     def active_calls(self) -> int:
         return len(self.calls)
 
+    def knows_leg(self, uuid: str) -> bool:
+        """The leg is part of a call in progress, or of one already reported (lately)."""
+        return uuid in self._leg_call or uuid in self._finished_legs
+
+    def extension_on_call(self, extension: str, domain: str) -> bool:
+        """Whether a phone of extension@domain has a leg in a call in progress: ringing, talking or
+        holding, taking a call or making one. A leg the dialplan marked as the manager's (his mobile
+        through the carrier) names no domain, and counts too."""
+        domain = domain.lower()
+        return any(leg.role == ROLE_EXTENSION and not leg.hung_up and leg.extension == extension
+                   and (not leg.domain or leg.domain.lower() == domain)
+                   for call in self.calls.values() for leg in call.legs.values())
+
     # --- surviving a restart --------------------------------------------------------------------
     SNAPSHOT_VERSION = 1
 

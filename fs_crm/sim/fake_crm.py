@@ -15,7 +15,9 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
-from urllib.parse import parse_qsl
+from urllib.error import HTTPError, URLError
+from urllib.parse import parse_qsl, urlencode
+from urllib.request import urlopen
 
 import bottle
 import gevent
@@ -34,6 +36,11 @@ MODES = ("ok", "down", "html", "unavailable", "rate_limited", "stall")
 TELEPHONY_LIMIT, GENERAL_LIMIT = 40, 10  # requests per any 1 s window, when enforced
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
+_TASK_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}")  # the PHP client's DateTime<'Y-m-d H:i'>
+# The PHP client's Tasks\Task fields a request may set (id, createdAt, complete... are the CRM's own).
+_TASK_FIELDS = {"text", "commentary", "datetime", "performerId", "customer", "order", "phone", "phoneSite"}
+_SOURCE_FIELDS = {"source", "medium", "campaign", "keyword", "content"}  # Model/Entity/Source
+_USER_STATUSES = ("free", "busy", "dinner", "break")  # Enum/Users/UserStatus
 _EVENT_FIELDS = {"phone", "type", "codes", "userIds", "site", "hangupStatus", "externalPhone", "callExternalId",
                  "webAnalyticsData"}
 _CALL_FIELDS = {"date", "type", "phone", "code", "userId", "result", "duration", "durationWaiting", "externalId",
@@ -176,6 +183,20 @@ class FakeCrm:
         self.managers: dict[str, dict] = {}
         # phone -> customer (see `customer()`), given by the manager lookup with details=1.
         self.customers: dict[str, dict] = {}
+        # CRM user id -> status (free, busy, dinner, break; "offline" for a user not logged in):
+        # the manager lookup names a manager only when his is "free" (the default), unless asked
+        # with ignoreStatus=1 (retailCRM's PBX integration guide).
+        self.user_statuses: dict[int, str] = {}
+        # POST users/{id}/status requests that succeeded, in order: {"account", "userId", "status"}.
+        self.status_changes: list[dict] = []
+        # account -> (changeUserStatusUrl, clientId, {user id: extension}): after a status change
+        # made through the API the fake calls that URL back, as the CRM does for changes in its UI.
+        # UNVERIFIED whether the real CRM calls back for changes made through the API; fs-crm must
+        # not bounce it either way.
+        self.status_callbacks: dict[str, tuple[str, str, dict[int, str]]] = {}
+        self.status_callbacks_made: list[dict] = []
+        # Tasks created (POST tasks/create), each the `task` JSON plus "account", "id" and "site".
+        self.tasks: list[dict] = []
         # Fields the fake accepted without knowing them, e.g. "event.foo" or "calls[0].bar": the
         # real API's stance on unknown fields is undocumented, so they are recorded, not refused.
         self.extra_fields: list[str] = []
@@ -263,6 +284,8 @@ class FakeCrm:
             ("GET", "/api/credentials", self._credentials),
             ("POST", "/api/v5/integration-modules/<code>/edit", self._module_edit),
             ("GET", "/api/v5/integration-modules/<code>", self._module_get),
+            ("POST", "/api/v5/tasks/create", self._task_create),
+            ("POST", "/api/v5/users/<user_id>/status", self._user_status),
         ]
         for method, path, handler in routes:
             app.route(path, method, self._serving(handler))
@@ -474,6 +497,85 @@ class FakeCrm:
             bad("userId", "This value should be of type integer.")
         if "site" in call:
             self._check_site(call["site"], "calls[%d][site]" % i, errors)
+        if "source" in call:
+            source = call["source"]
+            if not isinstance(source, dict):
+                bad("source", "This value should be an object.")
+            else:
+                for name, value in source.items():
+                    if name not in _SOURCE_FIELDS:
+                        with self._lock:
+                            self.extra_fields.append("calls[%d].source.%s" % (i, name))
+                    elif not isinstance(value, str):
+                        errors["calls[%d][source][%s]" % (i, name)] = "This value should be of type string."
+
+    def _task_create(self, account: str, received: Received) -> _Answer:
+        task, problem = self._json_field(received, "task")
+        if problem:
+            return problem
+        if not isinstance(task, dict):
+            return _error(400, "Errors in the entity format", {"task": "This value should be an object."})
+        with self._lock:
+            self.extra_fields.extend("task.%s" % name for name in sorted(set(task) - _TASK_FIELDS))
+        errors: dict[str, str] = {}
+        if not isinstance(task.get("text"), str) or not task["text"].strip():
+            errors["text"] = "This value should not be blank."
+        # UNVERIFIED whether the real API defaults a missing performer; fs-crm always names one.
+        performer = task.get("performerId")
+        if not _is_int(performer):
+            errors["performerId"] = "This value should be of type integer."
+        elif self.known_user_ids is not None and performer not in self.known_user_ids:
+            errors["performerId"] = "User with id %s not found" % performer
+        if "datetime" in task and not (isinstance(task["datetime"], str) and _TASK_DATETIME.fullmatch(task["datetime"])):
+            errors["datetime"] = "This value is not a valid datetime (Y-m-d H:i)."
+        for name in ("commentary", "phone", "phoneSite"):
+            if name in task and not isinstance(task[name], str):
+                errors[name] = "This value should be of type string."
+        if "customer" in task:
+            customer = task["customer"]
+            if not isinstance(customer, dict) or not (_is_int(customer.get("id"))
+                                                      or isinstance(customer.get("externalId"), str)):
+                errors["customer"] = "The customer needs an integer id or an externalId."
+        if "site" in received.form:
+            self._check_site(received.form["site"], "site", errors)
+        if errors:
+            return _error(400, "Errors in the entity format", errors)
+        with self._lock:
+            task_id = len(self.tasks) + 1
+            self.tasks.append(dict(task, account=account, id=task_id, site=received.form.get("site")))
+        return _json(200, {"success": True, "id": task_id})
+
+    def _user_status(self, account: str, received: Received) -> _Answer:
+        raw_id = received.path.split("/")[4]
+        if not raw_id.isdigit() or (self.known_user_ids is not None and int(raw_id) not in self.known_user_ids):
+            return _error(404, "Not found")
+        status = received.form.get("status")
+        if not status:
+            return _error(400, "Parameter 'status' is missing")
+        if status not in _USER_STATUSES:
+            return _error(400, "Errors in the entity format", {"status": "The value you selected is not a valid choice."})
+        user_id = int(raw_id)
+        with self._lock:
+            self.user_statuses[user_id] = status
+            self.status_changes.append({"account": account, "userId": user_id, "status": status})
+        callback = self.status_callbacks.get(account)
+        if callback is not None:
+            gevent.spawn(self._call_back_status, callback, user_id, status)
+        return _json(200, {"success": True})
+
+    def _call_back_status(self, callback: tuple[str, str, dict[int, str]], user_id: int, status: str) -> None:
+        url, client_id, codes = callback
+        params = {"clientId": client_id, "userId": str(user_id), "code": codes.get(user_id, ""), "status": status}
+        # fs-crm's only requests importer is its CRM client: the fake calls back with the stdlib.
+        try:
+            with urlopen("%s?%s" % (url, urlencode(params)), timeout=5) as answer:
+                outcome: Any = answer.status
+        except HTTPError as exc:
+            outcome = exc.code
+        except (URLError, OSError) as exc:
+            outcome = repr(exc)
+        with self._lock:
+            self.status_callbacks_made.append(dict(params, outcome=outcome))
 
     def _manager(self, account: str, received: Received) -> _Answer:
         phone = received.query.get("phone", "")
@@ -483,7 +585,8 @@ class FakeCrm:
             gevent.sleep(self.manager_delay)
         payload: dict[str, Any] = {"success": True}
         manager = self.managers.get(phone)
-        if manager is not None:
+        ignore_status = received.query.get("ignoreStatus") == "1"
+        if manager is not None and (ignore_status or self.user_statuses.get(manager.get("id"), "free") == "free"):
             payload["manager"] = manager
         # details=1 adds the customer and links (PHP ManagerResponse; an unknown number gets only
         # the "new" links). UNVERIFIED: what details=0 leaves out; here, both.

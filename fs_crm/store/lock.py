@@ -54,6 +54,23 @@ class StateLock:
         except OSError:
             return "unknown"
 
+    def active_holder(self) -> str | None:
+        """For `fs-crm check`: who holds the lock right now ("pid 123 on host"), None while nobody
+        does. Only tries a shared lock for an instant, so the file and its text stay as they are."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None  # no lock file yet (or unreadable): nobody we can see holds it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return self.holder()
+            return None
+        finally:
+            os.close(fd)  # also drops the shared lock, if it was taken
+        return None
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing drops the flock

@@ -68,12 +68,18 @@ def _captured(func: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[bool
 
 class StatsCache:
     """The outbox's counts, read once a second by a greenlet of its own: /healthz and /metrics answer
-    from here at once, even while the store's thread waits on a locked or failing database."""
+    from here at once, even while the store's thread waits on a locked or failing database.
+
+    The same look tells when another process changed the file (`fs-crm outbox --retry`, `fs-crm
+    backfill`): `on_foreign_commit` then wakes the senders, so such a change goes out within a second."""
 
     REFRESH = 1.0
 
-    def __init__(self, outbox: OffHubOutbox, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, outbox: OffHubOutbox, on_foreign_commit: Callable[[], None] = lambda: None,
+                 clock: Callable[[], float] = time.monotonic):
         self._outbox = outbox
+        self._on_foreign_commit = on_foreign_commit
+        self._version: int | None = None
         self._clock = clock
         self.stats = None  # OutboxStats of the last successful read
         self.read_at: float | None = None
@@ -82,12 +88,15 @@ class StatsCache:
 
     def refresh(self) -> None:
         try:
-            self.stats = self._outbox.stats()
+            self.stats, version = self._outbox.run(lambda outbox: (outbox.stats(), outbox.data_version()))
         except OutboxError as exc:
             self.error = str(exc)
             return
         self.read_at = self._clock()
         self.error = None
+        if self._version is not None and version != self._version:
+            self._on_foreign_commit()
+        self._version = version
 
     def age(self) -> float | None:
         """Seconds since the counts were last read; None if never."""

@@ -8,6 +8,7 @@ FS_CRM_LIVE_TESTS=required (as .ci/run sets it) that skip is a failure instead.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
 import re
 import shutil
@@ -26,16 +27,23 @@ from scenarios import ACCOUNT, EXTENSIONS  # noqa: E402
 from sipp import Sipp  # noqa: E402
 
 from fs_crm import vocab  # noqa: E402
+from fs_crm.calls.legs import unique  # noqa: E402
 from fs_crm.config import parse_config  # noqa: E402
+from fs_crm.eslparse import parse_event_plain  # noqa: E402
 from fs_crm.polling import wait_for  # noqa: E402
 from fs_crm.service import Service  # noqa: E402
 from fs_crm.sim.config import sim_config  # noqa: E402
 from fs_crm.sim.fake_crm import FakeCrm  # noqa: E402
+from fs_crm.sim.fake_freeswitch import load_capture  # noqa: E402
 
 REQUIRED = os.environ.get("FS_CRM_LIVE_TESTS") == "required"
 LIVE_CAPTURES = Path(__file__).resolve().parents[2] / "fs_crm" / "sim" / "captures" / "live"
 # Set to 1 to refresh the committed captures (fs_crm/sim/captures/live/) from this run.
 SAVE_CAPTURES = os.environ.get("FS_CRM_SAVE_CAPTURES") == "1"
+# Each scenario's CDRs (mod_json_cdr, one file a leg) and the ESL stream of the same run, in
+# fs_crm/sim/captures/cdr/<name>/: saved with the captures above, or alone with this set to 1.
+CDR_CAPTURES = LIVE_CAPTURES.parent / "cdr"
+SAVE_CDR_CAPTURES = SAVE_CAPTURES or os.environ.get("FS_CRM_SAVE_CDR_CAPTURES") == "1"
 
 
 @dataclass
@@ -114,6 +122,28 @@ class Live:
             self.service.tracker.calls)
 
 
+def save_cdrs(pbx: LivePbx, stream: Path, into: Path, timeout: float = 10.0) -> None:
+    """The CDR of every leg the ESL stream saw created, with the stream, into `into`. FreeSWITCH
+    writes a leg's CDR as the leg ends (it ends with a newline), so they are waited for a moment."""
+    events = [parse_event_plain(body) for body in load_capture(stream)]
+    legs = unique(event.get(vocab.H_UNIQUE_ID) for event in events if event.name == vocab.CHANNEL_CREATE)
+    files = [pbx.cdr_spool / ("%s.cdr.json" % uuid) for uuid in legs]
+
+    def written(path: Path) -> bool:
+        return path.exists() and path.read_bytes().endswith(b"\n")
+
+    wait_for(lambda: all(written(path) for path in files), timeout=timeout, interval=0.1)
+    files = [path for path in files if written(path)]
+    if not files:  # every leg died with FreeSWITCH (killed): none reported
+        return
+    shutil.rmtree(into, ignore_errors=True)
+    into.mkdir(parents=True)
+    for path in files:
+        shutil.copy(path, into / path.name)
+    # Compressed: the same stream is in fs_crm/sim/captures/live/ as text when both were refreshed.
+    (into / "esl.txt.gz").write_bytes(gzip.compress(stream.read_bytes(), mtime=0))
+
+
 def live_config(pbx: LivePbx, crm: FakeCrm, state_dir: Path, **account):
     table = sim_config("127.0.0.1", pbx.ports.esl, crm.url, state_dir, api_key=API_KEY,
                        storage={"backend": "local", "directory": str(state_dir / "stored-recordings")})
@@ -147,3 +177,5 @@ def live(switch, tmp_path, request):
         if SAVE_CAPTURES and test.capture_name and raw:
             LIVE_CAPTURES.mkdir(parents=True, exist_ok=True)
             shutil.copy(tmp_path / ("%s.esl.txt" % name), LIVE_CAPTURES / ("%s.esl.txt" % name))
+        if SAVE_CDR_CAPTURES and test.capture_name and raw:
+            save_cdrs(switch.pbx, tmp_path / ("%s.esl.txt" % name), CDR_CAPTURES / name)

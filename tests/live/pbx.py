@@ -19,6 +19,7 @@ BINARY = FREESWITCH / "bin" / "freeswitch"
 CONF_TEMPLATE = Path(__file__).parent / "pbx"
 REPO = Path(__file__).resolve().parents[2]
 RECORDING_SNIPPET = REPO / "conf" / "freeswitch" / "recording.xml"
+DND_SNIPPET = REPO / "conf" / "freeswitch" / "dnd.xml"
 INSTALL_HINT = "install it with ../shared/freeswitch/install (root, about 10 s)"
 ESL_PASSWORD = "ClueCon"
 DOMAIN = "pbx.test"
@@ -52,17 +53,19 @@ class Ports:
     router: int
     cdr: int
     rtp_start: int
+    # Free when picked and never listened on: the router failover number's dead first host.
+    dead_router: int = 0
 
     @classmethod
     def pick(cls) -> "Ports":
         ports = set()
-        while len(ports) < 6:
+        while len(ports) < 7:
             ports.add(free_port())
-        esl, local_sip, external_sip, carrier_sip, router, cdr = sorted(ports)
+        esl, local_sip, external_sip, carrier_sip, router, cdr, dead_router = sorted(ports)
         # RTP ports: a window FreeSWITCH picks even ports from; collisions with other tests are
         # harmless (no media flows), but keep it away from the common ephemeral range start.
         rtp_start = 20000 + (os.getpid() % 400) * 100
-        return cls(esl, local_sip, external_sip, carrier_sip, router, cdr, rtp_start)
+        return cls(esl, local_sip, external_sip, carrier_sip, router, cdr, rtp_start, dead_router)
 
 
 class LivePbx:
@@ -75,6 +78,9 @@ class LivePbx:
         self.router_call_timeout = router_call_timeout
         self.process: subprocess.Popen | None = None
         self.dirs = {name: root / name for name in ("conf", "log", "db", "run", "rec", "storage", "tmp")}
+        # mod_json_cdr's err-log-dir: every leg's CDR lands here as <uuid>.cdr.json (nothing takes
+        # the posts in the live tests).
+        self.cdr_spool = self.dirs["log"] / "json_cdr_errors"
 
     # --- config ---------------------------------------------------------------------------------
     def write_config(self) -> None:
@@ -83,6 +89,7 @@ class LivePbx:
             shutil.rmtree(conf)
         shutil.copytree(CONF_TEMPLATE, conf)
         shutil.copy(RECORDING_SNIPPET, conf / "fs_crm_recording.xml")
+        shutil.copy(DND_SNIPPET, conf / "fs_crm_dnd.xml")
         for path in self.dirs.values():
             path.mkdir(parents=True, exist_ok=True)
         (self.dirs["rec"] / "fs-crm").mkdir(exist_ok=True)
@@ -90,9 +97,11 @@ class LivePbx:
         values = {
             "esl_port": p.esl, "esl_password": ESL_PASSWORD, "local_sip_port": p.local_sip,
             "external_sip_port": p.external_sip, "carrier_sip_port": p.carrier_sip, "router_port": p.router,
+            "dead_router_port": p.dead_router,
             "router_call_timeout": self.router_call_timeout,
             "cdr_url": "http://127.0.0.1:%d/cdr" % p.cdr, "rtp_start": p.rtp_start, "rtp_end": p.rtp_start + 98,
             "db_dir": self.dirs["db"], "log_dir": self.dirs["log"], "storage_dir": self.dirs["storage"],
+            "cdr_spool_dir": self.cdr_spool,
             "sounds_dir": self.dirs["tmp"], "vanilla_conf": FREESWITCH / "etc" / "freeswitch",
         }
         lines = ['<include>'] + ['  <X-PRE-PROCESS cmd="set" data="%s=%s"/>' % kv for kv in values.items()]

@@ -8,6 +8,7 @@ later call to it is answered by whichever scenario the test starts on that port.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,16 @@ class Party:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+    def received_requests(self, method: str) -> list[str]:
+        """The full text of each `method` request this party received, from SIPp's -trace_msg log:
+        a dashed line with the time, "UDP message received [N] bytes :", a blank line, the message."""
+        path = self.workdir / ("%s-messages.log" % self.name)
+        text = path.read_bytes().decode("utf-8", errors="replace") if path.exists() else ""
+        entries = re.split(r"(?m)^-{20,} \d{4}-\d\d-\d\d [0-9:.]+\n", text)
+        return [entry.split("\n\n", 1)[1] for entry in entries
+                if entry.startswith(("UDP message received", "TCP message received")) and "\n\n" in entry
+                and entry.split("\n\n", 1)[1].startswith(method + " ")]
 
     def logs(self) -> str:
         parts = []

@@ -230,3 +230,29 @@ def test_given_click_to_call_when_manager_and_customer_answer_then_outgoing_call
     assert answer.status_code == 200, answer.text
     finish(live, far_end, ivan)
     assert_scenario(live, "click_to_call")
+
+
+def test_given_crm_knows_the_customer_when_click_to_call_then_the_managers_phone_shows_his_name(live):
+    """The make-call request names no customer: fs-crm asks the CRM, and 100's phone rings showing
+    the name (made safe for FreeSWITCH) with the customer's number."""
+    import re
+
+    import requests
+
+    from fs_crm.sim.fake_crm import customer
+
+    live.crm.customers["79121234567"] = customer(7, "Ольга", "О'Нил-Кузнецова", phones=["79121234567"])
+    ivan = live.phones.phone("100", "answer", ring_ms=500)
+    far_end = live.phones.carrier("answer", ring_ms=500, talk_ms=1000)
+    account = live.service.config.accounts[0]
+    answer = requests.get("http://127.0.0.1:%d/make-call" % live.service.http.port, timeout=10, params={
+        "clientId": account.client_id, "code": "100", "userId": "1", "phone": "+7 (912) 123-45-67"})
+    assert answer.status_code == 200, answer.text
+    finish(live, far_end, ivan)
+
+    [invite] = ivan.received_requests("INVITE")
+    shown_from = re.search(r"(?m)^From: *(.*?)\r?$", invite).group(1)
+    print("INVITE to 100: From: %s" % shown_from)
+    assert re.fullmatch(r'"Ольга О\u2019Нил-Кузнецова" <sip:79121234567@[^>]+>;tag=\S+', shown_from), shown_from
+    [record] = live.wait_history(1)
+    assert (record["type"], record["code"], record["phone"]) == ("out", "100", "79121234567")

@@ -16,6 +16,7 @@ from scenarios import CUSTOMER, SCENARIO_CALL_TIMEOUT
 
 from fs_crm.crm import MANAGER_PATH
 from fs_crm.polling import wait_for
+from fs_crm.sim.fake_crm import customer
 
 ROUTED = "74997777777"
 IVAN = {"id": 1, "firstName": "Ivan", "lastName": "Petrov", "code": "100"}
@@ -37,6 +38,12 @@ def sip_log(party) -> list[tuple[datetime, str, str]]:
 
 def received(party, method: str) -> list[datetime]:
     return [at for at, way, line in sip_log(party) if way == "received" and line.startswith(method + " ")]
+
+
+def invite_from(party) -> str:
+    """The From header of the one INVITE a phone got: `"display name" <sip:user@host>;tag=...`."""
+    [invite] = party.received_requests("INVITE")
+    return re.search(r"(?m)^From: *(.*?)\r?$", invite).group(1)
 
 
 
@@ -78,6 +85,51 @@ def test_given_responsible_manager_answers_when_he_hangs_up_then_call_is_his_and
     # customer hung up only once the call was over, which wait_idle saw).
     assert not reception.done and received(reception, "INVITE") == [], sip_log(reception)
     assert record["code"] == "100"
+
+
+# The CRM's names as they are, and as fs_crm.callerid lets them through to FreeSWITCH.
+@pytest.mark.parametrize("first,last,shown", [
+    ("Иван", "Петров", "Иван Петров"),
+    ('Ольга "Оля"', "О'Нил, ${system(id)} {x}^^:", "Ольга Оля О’Нил systemid x"),
+], ids=["cyrillic", "hostile"])
+def test_given_crm_knows_the_customer_when_routed_then_the_managers_phone_shows_his_name(live, first, last, shown):
+    live.crm.managers[CUSTOMER] = IVAN
+    live.crm.customers[CUSTOMER] = customer(7, first, last, phones=[CUSTOMER])
+    ivan = live.phones.phone("100", "answer", ring_ms=500, talk_ms=1000)
+    caller = live.phones.customer_calls(ROUTED, CUSTOMER)  # the carrier's From display name is the number
+    finish(live, caller, ivan)
+
+    shown_from = invite_from(ivan)
+    print("INVITE to 100: From: %s" % shown_from)
+    # mod_sofia writes the leg's caller-ID name as the quoted display name; the number stays the customer's.
+    assert re.fullmatch(r'"%s" <sip:%s@[^>]+>;tag=\S+' % (re.escape(shown), CUSTOMER), shown_from), shown_from
+    [record] = live.wait_history(1)
+    assert (record["code"], record["result"], record["phone"]) == ("100", "answered", CUSTOMER)
+
+
+@pytest.mark.parametrize("live", [{"ignore_status": True}], indirect=True)
+def test_given_ignore_status_when_the_manager_is_on_the_phone_then_reception_and_once_free_he_rings(live):
+    """ignore_status: the CRM names 100 whatever his CRM status; what the switch's own events say
+    about his phone decides. While he talks to a colleague the customer goes to reception; after his
+    call the next customer's call rings him."""
+    live.crm.managers[CUSTOMER] = IVAN
+    live.crm.user_statuses[1] = "busy"  # the CRM would not name him without ignoreStatus=1
+    anna = live.phones.phone("200", "answer", ring_ms=200)
+    ivan_calls = live.phones.phone_calls("100", "200", talk_ms=5000)
+    assert wait_for(lambda: live.service.tracker.extension_on_call("100", "pbx.test"), timeout=10)
+    reception = live.phones.phone("400", "answer", ring_ms=200)
+    first = live.phones.customer_calls(ROUTED, CUSTOMER, talk_ms=1000)
+    first.wait(30)
+    reception.wait(30)
+    assert live.service.router.reasons["manager's phone on a call"] == 1, live.service.router.reasons
+    finish(live, ivan_calls, anna)
+
+    ivan = live.phones.phone("100", "answer", ring_ms=200)
+    second = live.phones.customer_calls(ROUTED, CUSTOMER, talk_ms=1000)
+    finish(live, second, ivan)
+    assert live.service.router.decisions["manager"] == 1, live.service.router.decisions
+    lookups = [r for r in live.crm.requests if r.path == MANAGER_PATH]
+    assert [r.query.get("ignoreStatus") for r in lookups] == ["1", "1"]
 
 
 @pytest.mark.parametrize("failure", ["crm_error_500", "crm_slower_than_manager_timeout"])
