@@ -14,6 +14,7 @@ import select  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
@@ -25,6 +26,10 @@ from fs_crm.greenlets import spawn  # noqa: E402
 from fs_crm.logformat import formatter  # noqa: E402
 from fs_crm.outbox import OutboxError  # noqa: E402
 from fs_crm.store.lock import StateLock, StateLockError  # noqa: E402
+
+if TYPE_CHECKING:
+    from fs_crm.config import AccountConfig
+    from fs_crm.crm import CrmClient
 
 logger = logging.getLogger("fs_crm")
 
@@ -53,10 +58,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fs_crm.service import Service, StartupError
 
     config = _load(args)
+    # One set of handlers for the whole run: a SIGTERM that arrives while waiting as a standby, or
+    # while the service is being built, must stop fs-crm cleanly rather than kill it.
+    stop_requested = gevent.event.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, stop_requested.set)
     try:
         private_dir(config.state.dir)
         lock = StateLock(config.state.dir)
-        if not _wait_for_lock(lock):
+        if not _wait_for_lock(lock, stop_requested):
             return 0
     except (OSError, StateLockError) as exc:
         from fs_crm.preflight import os_problem
@@ -72,13 +82,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             print("fs-crm: %s: cannot start: %s" % (config.path, exc), file=sys.stderr)
             return 1
 
-        def stop() -> None:
+        def stop_when_told() -> None:
+            stop_requested.wait()
             sdnotify.notify("STOPPING=1")
             service.request_stop()
 
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            gevent.signal_handler(signum, stop)
-        ready = spawn("sd-notify-ready", _notify_ready, service)
+        watchers = [spawn("sd-notify-ready", _notify_ready, service), spawn("stop-on-signal", stop_when_told)]
         try:
             return service.run_forever()
         except StartupError as exc:
@@ -86,7 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             service.stop()
             return 1
         finally:
-            ready.kill(block=False)
+            gevent.killall(watchers, block=False)
     finally:
         lock.release()
 
@@ -97,25 +106,19 @@ def _notify_ready(service) -> None:
     sdnotify.notify("READY=1", "STATUS=active; HTTP on %s:%d" % (service.config.http.listen_host, service.http.port))
 
 
-def _wait_for_lock(lock: StateLock) -> bool:
+def _wait_for_lock(lock: StateLock, stop: gevent.event.Event) -> bool:
     """Become the active instance, waiting as a standby while another one is; False if told to stop first."""
     if lock.try_acquire():
-        return True
+        return not stop.is_set()
     logger.warning("another fs-crm is active on this state dir (%s, lock %s): this one waits as a standby and "
                    "takes over when it stops", lock.holder(), lock.path)
     # Started as far as systemd is concerned: a standby may wait for ever.
     sdnotify.notify("READY=1", "STATUS=standby: %s holds the state dir; takes over when it stops" % lock.holder())
-    stop = gevent.event.Event()
-    handlers = [gevent.signal_handler(signum, stop.set) for signum in (signal.SIGTERM, signal.SIGINT)]
-    try:
-        while not lock.try_acquire():
-            if stop.wait(timeout=STANDBY_POLL):
-                sdnotify.notify("STOPPING=1")
-                logger.info("standby stopped before taking over")
-                return False
-    finally:
-        for handler in handlers:
-            handler.cancel()
+    while not lock.try_acquire():
+        if stop.wait(timeout=STANDBY_POLL):
+            sdnotify.notify("STOPPING=1")
+            logger.info("standby stopped before taking over")
+            return False
     logger.warning("the state dir is free: this fs-crm is the active instance now")
     return True
 
@@ -123,7 +126,7 @@ def _wait_for_lock(lock: StateLock) -> bool:
 def cmd_check(args: argparse.Namespace) -> int:
     """Online: offline checks, then FreeSWITCH, the storage and each account's key. --offline: the
     config, state dir, outbox, ports and local storage only (fs_crm.preflight), no network."""
-    from fs_crm.crm import CrmClient, CrmError
+    from fs_crm.crm import CrmClient
     from fs_crm.esl import EslConnection
     from fs_crm.eslsession import EslError
     from fs_crm.preflight import offline_checks
@@ -161,32 +164,57 @@ def cmd_check(args: argparse.Namespace) -> int:
     for account in config.accounts:
         client = CrmClient(account, config.delivery)
         try:
-            creds = client.credentials()
-        except CrmError as exc:
-            ok = False
-            print("account %s (%s): FAILED: %s" % (account.name, account.crm_url, exc))
-            continue
+            ok = _check_account(account, client) and ok
         finally:
             client.close()
-        granted = set(creds.scopes)
-        legacy = " ".join(creds.credentials)
-        missing = [s for s in REQUIRED_SCOPES if s not in granted]
-        if missing and "/telephony/" in legacy and not creds.scopes:
-            missing = []  # an old key described by method paths instead of scopes
-        if missing:
-            ok = False
-            print("account %s (%s): FAILED: the API key lacks scopes %s" % (account.name, account.crm_url,
-                                                                          ", ".join(missing)))
-            continue
-        sites = [site for site, _ in account.external_phones]
-        blind = [s for s in sites if creds.site_access == "access_selective" and s not in creds.sites_available]
-        wanted = [s for s in WANTED_SCOPES if s not in granted and creds.scopes]
-        print("account %s (%s): OK, key valid with telephony scopes%s%s" % (
-            account.name, account.crm_url,
-            "; WARNING: no access to stores %s" % ", ".join(blind) if blind else "",
-            "; note: scopes %s missing (needed for module registration and statuses)" % ", ".join(wanted)
-            if wanted else ""))
     return 0 if ok else 1
+
+
+def _check_account(account: "AccountConfig", client: "CrmClient") -> bool:
+    """One account's lines of `fs-crm check`: its key and scopes, then its extension map against the
+    CRM's users. False if either failed."""
+    from fs_crm.crm import CrmError
+    from fs_crm.extension_map import compare
+
+    where = "account %s (%s)" % (account.name, account.crm_url)
+    try:
+        creds = client.credentials()
+    except CrmError as exc:
+        print("%s: FAILED: %s" % (where, exc))
+        return False
+    granted = set(creds.scopes)
+    legacy = " ".join(creds.credentials)
+    missing = [s for s in REQUIRED_SCOPES if s not in granted]
+    if missing and "/telephony/" in legacy and not creds.scopes:
+        missing = []  # an old key described by method paths instead of scopes
+    if missing:
+        print("%s: FAILED: the API key lacks scopes %s" % (where, ", ".join(missing)))
+        return False
+    sites = [site for site, _ in account.external_phones]
+    blind = [s for s in sites if creds.site_access == "access_selective" and s not in creds.sites_available]
+    wanted = [s for s in WANTED_SCOPES if s not in granted and creds.scopes]
+    print("%s: OK, key valid with telephony scopes%s%s" % (
+        where,
+        "; WARNING: no access to stores %s" % ", ".join(blind) if blind else "",
+        "; note: scopes %s missing (needed for module registration and statuses)" % ", ".join(wanted)
+        if wanted else ""))
+    what = "%s [accounts.extensions]" % where
+    if "user_read" not in granted if creds.scopes else "/users" not in legacy:
+        print("%s: SKIPPED: the API key lacks user_read, so the map cannot be compared with the CRM's users"
+              % what)
+        return True
+    try:
+        users = client.users()
+    except CrmError as exc:
+        print("%s: FAILED: cannot read the CRM's users: %s" % (what, exc))
+        return False
+    report = compare(account.name, account.extensions, users)
+    if report.failures:
+        print("%s: FAILED: %s" % (what, "; ".join(report.failures + report.warnings)))
+        return False
+    print("%s: OK, %d extension(s), each a user of the CRM%s" % (
+        what, len(account.extensions), "".join("; WARNING: %s" % w for w in report.warnings)))
+    return True
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:

@@ -7,11 +7,14 @@ Every error names the file, the section and the key, so an operator can fix it w
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
+import json
 import os
 import re
 import string
 import tomllib
+import urllib.parse
 import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +24,27 @@ from fs_crm.phones import canonical_phone, clean_phone, digits_of, is_country
 
 PASSWORD_ENV = "FS_CRM_FREESWITCH_PASSWORD"
 CDR_PASSWORD_ENV = "FS_CRM_CDR_PASSWORD"
+# conf/fs-crm.example.toml's api_key is a reminder ("put-the-key-in-FS_CRM_ACCOUNT_SHOP_API_KEY"), never a
+# key: the CRM would refuse it, so it is refused here, before anything starts.
+EXAMPLE_API_KEY_PREFIX = "put-the-key-in-"
+# conf/fs-crm.example.toml's clientId, and the one retailCRM's own documentation shows.
+EXAMPLE_CLIENT_ID_PREFIX = "change-me"
+DOCUMENTATION_CLIENT_ID = "2dbh26tahjj26sg"
+# Zone abbreviations people write for Russian time zones (the tz database has none of them). Only
+# unambiguous ones: "IST" or "CST" mean different zones in different countries.
+_ZONE_ALIASES = {
+    "MSK": "Europe/Moscow", "SAMT": "Europe/Samara", "YEKT": "Asia/Yekaterinburg", "OMST": "Asia/Omsk",
+    "NOVT": "Asia/Novosibirsk", "KRAT": "Asia/Krasnoyarsk", "IRKT": "Asia/Irkutsk", "YAKT": "Asia/Yakutsk",
+    "VLAT": "Asia/Vladivostok", "MAGT": "Asia/Magadan", "PETT": "Asia/Kamchatka",
+}
 
 
 def api_key_env_name(account_name: str) -> str:
     return "FS_CRM_ACCOUNT_%s_API_KEY" % re.sub(r"[^A-Z0-9]", "_", account_name.upper())
+
+
+def client_id_env_name(account_name: str) -> str:
+    return "FS_CRM_ACCOUNT_%s_CLIENT_ID" % re.sub(r"[^A-Z0-9]", "_", account_name.upper())
 
 
 class ConfigError(Exception):
@@ -340,6 +360,136 @@ def _parse_url(reader: _Reader, key: str, value: str) -> str:
     return value.rstrip("/")
 
 
+def _parse_crm_url(reader: _Reader, value: str) -> str:
+    """The account's address: scheme and host (and port) only, since fs-crm appends /api/... itself;
+    "https://shop.retailcrm.ru/api/v5" would make every request go to /api/v5/api/v5/..."""
+    url = _parse_url(reader, "crm_url", value)
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    if parts.path or parts.query or parts.fragment or host != parts.netloc:
+        # A user:password@ part is not echoed back: it is a secret.
+        got = "" if host != parts.netloc else ", got %r" % value
+        base = json.dumps("%s://%s" % (parts.scheme, host))
+        raise reader.error("crm_url", "must be only the scheme and host of the account's retailCRM (fs-crm adds "
+                                      "/api/... itself): write %s%s" % (base, got))
+    return url
+
+
+_OFFSET = re.compile(r"(?:UTC|GMT)\s*([+-])\s*(\d{1,2})(?::?00)?", re.IGNORECASE)
+
+
+def _offset_zone(match: re.Match[str]) -> str | None:
+    """The tz database's name of a fixed offset written "UTC+3" or "GMT-5", if it has one."""
+    hours = int(match.group(2))
+    # Etc/GMT zones have POSIX signs: UTC+3 is Etc/GMT-3.
+    zone = "Etc/GMT%s%d" % ("-" if match.group(1) == "+" else "+", hours) if hours else "UTC"
+    return zone if zone in zoneinfo.available_timezones() else None
+
+
+def zone_suggestions(name: str) -> list[str]:
+    """IANA zone names an operator probably meant by a name zoneinfo does not know: "Moscow" and
+    "MSK" -> Europe/Moscow, "europe/moscow" -> Europe/Moscow, "UTC+3" -> Etc/GMT-3."""
+    text = name.strip()
+    if text.upper() in _ZONE_ALIASES:
+        return [_ZONE_ALIASES[text.upper()]]
+    offset = _OFFSET.fullmatch(text)
+    if offset:
+        # Never a near miss: "Etc/GMT-13" for "GMT-13" would be the opposite offset.
+        zone = _offset_zone(offset)
+        return [zone] if zone else []
+    zones = zoneinfo.available_timezones()
+    wanted = re.sub(r"\s+", "_", text).lower()
+    by_lower = {zone.lower(): zone for zone in zones}
+    if wanted in by_lower:
+        return [by_lower[wanted]]
+    city = wanted.rsplit("/", 1)[-1]
+    found = sorted(zone for zone in zones if "/" in zone and zone.rsplit("/", 1)[-1].lower() == city)
+    if found:
+        return found
+    return [by_lower[close] for close in difflib.get_close_matches(wanted, list(by_lower), n=3, cutoff=0.85)]
+
+
+def _timezone_problem(name: str) -> str:
+    suggestions = zone_suggestions(name)
+    if suggestions and suggestions[0].startswith("Etc/GMT") and _OFFSET.fullmatch(name.strip()):
+        return ("unknown time zone %r: write %s (the tz database's sign is the other way round), or better a city's "
+                "zone, e.g. \"Europe/Moscow\", which follows the local time's changes" % (name, json.dumps(suggestions[0])))
+    if len(suggestions) == 1:
+        return "unknown time zone %r: write %s (an IANA zone name, Area/City)" % (name, json.dumps(suggestions[0]))
+    if suggestions:
+        return "unknown time zone %r: write one of %s" % (name, ", ".join(json.dumps(s) for s in suggestions))
+    return "unknown time zone %r: give an IANA zone name (Area/City), e.g. \"Europe/Moscow\"" % name
+
+
+# A CRM user id as retailCRM numbers users: 1, 2, ... (no sign, no leading zero).
+_USER_ID = re.compile(r"[1-9][0-9]{0,9}")
+_EXTENSION = re.compile(r"[0-9A-Za-z_.-]{1,32}")
+
+
+def looks_reversed(extensions: tuple[tuple[int, str], ...]) -> bool:
+    """True when every pair reads better the other way round ("100" = "1": an extension as the key,
+    a user id as the value). Only a hint: a CRM with user ids above 100 and two-digit extensions
+    looks the same, so `fs-crm check --offline` warns and `fs-crm check` asks the CRM."""
+    return bool(extensions) and all(
+        _USER_ID.fullmatch(ext) and len(ext) < len(str(uid)) for uid, ext in extensions)
+
+
+def _load_extensions(r: _Reader) -> tuple[tuple[int, str], ...]:
+    r.used.add("extensions")
+    how = ("add the managers as a table [accounts.extensions] of \"CRM user id\" = \"extension\", "
+           "e.g. \"1\" = \"100\" (a user's id is the number in the address of his page in the CRM)")
+    if "extensions" not in r.table:
+        raise r.error("extensions", "is missing: without it no call card reaches a manager and no call in the "
+                                    "CRM history has one; %s" % how)
+    ext_table = r.table["extensions"]
+    if not isinstance(ext_table, dict):
+        raise r.error("extensions", "must be a table of \"CRM user id\" = \"extension\"")
+    if not ext_table:
+        raise r.error("extensions", "is empty: without it no call card reaches a manager and no call in the "
+                                    "CRM history has one; %s" % how)
+    extensions: list[tuple[int, str]] = []
+    seen_ext: set[str] = set()
+    for user_id, ext in ext_table.items():
+        key = "extensions.%s" % user_id
+        if isinstance(ext, int) and not isinstance(ext, bool):
+            ext = str(ext)
+        if not _USER_ID.fullmatch(user_id):
+            problem = "CRM user id must be a positive integer (no leading zero), got %r" % user_id
+            if isinstance(ext, str) and _USER_ID.fullmatch(ext) and _EXTENSION.fullmatch(user_id):
+                # "100" = "1": the pair written extension -> user id.
+                problem += ("; the map is \"CRM user id\" = \"extension\": if %r is the extension, swap the pair: "
+                            "\"%s\" = \"%s\"" % (user_id, ext, user_id))
+            raise r.error(key, problem)
+        if not isinstance(ext, str) or not _EXTENSION.fullmatch(ext):
+            raise r.error(key, "extension must be a short string of digits or letters, got %r" % (ext,))
+        if ext in seen_ext:
+            raise r.error(key, "extension %r is given to two users" % ext)
+        seen_ext.add(ext)
+        extensions.append((int(user_id), ext))
+    return tuple(extensions)
+
+
+def _load_external_phones(r: _Reader, country: str) -> tuple[tuple[str, str], ...]:
+    r.used.add("external_phones")
+    phone_table = r.table.get("external_phones", {})
+    if not isinstance(phone_table, dict):
+        raise r.error("external_phones", "must be a table of store code = \"company number\"")
+    external_phones: list[tuple[str, str]] = []
+    stores: dict[str, str] = {}  # canonical number -> store code
+    for site, number in phone_table.items():
+        key = "external_phones.%s" % site
+        cleaned = clean_phone(number) if isinstance(number, str) else ""
+        if not re.fullmatch(r"\+?[0-9]{3,20}", cleaned):
+            raise r.error(key, "must be a phone number of 3-20 digits with an optional leading +, got %r" % (number,))
+        canonical = canonical_phone(cleaned, country)
+        if canonical in stores:
+            raise r.error(key, "company number %r is store %s's too: a call on it would always go to %s; give each "
+                               "number to one store" % (number, stores[canonical], stores[canonical]))
+        stores[canonical] = site
+        external_phones.append((site, cleaned))
+    return tuple(external_phones)
+
+
 def _load_account(path: str, index: int, table: Any, env: Mapping[str, str]) -> AccountConfig:
     r = _Reader(path, "accounts[%d]" % index, table)
     name = r.str("name", _REQUIRED)
@@ -347,13 +497,29 @@ def _load_account(path: str, index: int, table: Any, env: Mapping[str, str]) -> 
         raise r.error("name", "must be 1-64 letters, digits, '_' or '-' (it names files and env variables), got %r"
                       % name)
     r.section = "accounts %r" % name
-    crm_url = _parse_url(r, "crm_url", r.str("crm_url", _REQUIRED))
+    crm_url = _parse_crm_url(r, r.str("crm_url", _REQUIRED))
     env_key = api_key_env_name(name)
-    api_key = env.get(env_key) or r.str("api_key", None)
+    from_env = env.get(env_key)
+    api_key = from_env or r.str("api_key", None)
     r.used.add("api_key")
     if not api_key:
         raise r.error("api_key", "is required (or set %s)" % env_key)
-    client_id = r.str("client_id", _REQUIRED)
+    if api_key.strip().lower().startswith(EXAMPLE_API_KEY_PREFIX):
+        raise r.error("api_key", "%s the example's placeholder %r: replace the example's API key with the account's "
+                                 "own (an API key of its retailCRM with the telephony_read and telephony_write "
+                                 "scopes), best given in the environment variable %s rather than in this file"
+                      % ("%s holds" % env_key if from_env else "is", api_key, env_key))
+    client_env = client_id_env_name(name)
+    client_id = env.get(client_env) or r.str("client_id", None)
+    r.used.add("client_id")
+    if not client_id:
+        raise r.error("client_id", "is required (or set %s)" % client_env)
+    if client_id.strip().lower().startswith(EXAMPLE_CLIENT_ID_PREFIX) or client_id == DOCUMENTATION_CLIENT_ID:
+        # The clientId is what authenticates the CRM's callbacks and recording fetches: a published
+        # value would let anyone place calls through the PBX and play recordings.
+        raise r.error("client_id", "is the example's %r: choose a long random secret of your own, e.g. the output of "
+                                   "python3 -c \"import secrets; print(secrets.token_urlsafe(24))\", then register "
+                                   "the module again (fs-crm register)" % client_id)
     code = r.str("code", "fs-crm")
     if not re.fullmatch(r"[A-Za-z0-9_-]+", code):
         raise r.error("code", "may hold only letters, digits, '_' and '-', got %r" % code)
@@ -362,42 +528,14 @@ def _load_account(path: str, index: int, table: Any, env: Mapping[str, str]) -> 
     try:
         zoneinfo.ZoneInfo(timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise r.error("timezone", "unknown time zone %r" % timezone) from None
+        raise r.error("timezone", _timezone_problem(timezone)) from None
     country = r.str("country", "RU").strip().upper()
     if not is_country(country):
         raise r.error("country", "must be an ISO 3166 two-letter country code with a numbering plan (e.g. \"RU\", "
                       "\"KZ\", \"DE\"), got %r" % r.table["country"])
 
-    r.used.add("extensions")
-    ext_table = r.table.get("extensions", {})
-    if not isinstance(ext_table, dict):
-        raise r.error("extensions", "must be a table of \"CRM user id\" = \"extension\"")
-    extensions: list[tuple[int, str]] = []
-    seen_ext: set[str] = set()
-    for user_id, ext in ext_table.items():
-        key = "extensions.%s" % user_id
-        if not str(user_id).isdigit():
-            raise r.error(key, "CRM user id must be a positive integer")
-        if isinstance(ext, int) and not isinstance(ext, bool):
-            ext = str(ext)
-        if not isinstance(ext, str) or not re.fullmatch(r"[0-9A-Za-z_.-]{1,32}", ext):
-            raise r.error(key, "extension must be a short string of digits or letters, got %r" % (ext,))
-        if ext in seen_ext:
-            raise r.error(key, "extension %r is given to two users" % ext)
-        seen_ext.add(ext)
-        extensions.append((int(user_id), ext))
-
-    r.used.add("external_phones")
-    phone_table = r.table.get("external_phones", {})
-    if not isinstance(phone_table, dict):
-        raise r.error("external_phones", "must be a table of store code = \"company number\"")
-    external_phones: list[tuple[str, str]] = []
-    for site, number in phone_table.items():
-        key = "external_phones.%s" % site
-        cleaned = clean_phone(number) if isinstance(number, str) else ""
-        if not re.fullmatch(r"\+?[0-9]{3,20}", cleaned):
-            raise r.error(key, "must be a phone number of 3-20 digits with an optional leading +, got %r" % (number,))
-        external_phones.append((site, cleaned))
+    extensions = _load_extensions(r)
+    external_phones = _load_external_phones(r, country)
     context = r.str("context", "default")
     if not _SAFE_WORD.fullmatch(context):
         raise r.error("context", "may hold only letters, digits, '_', '-' and '.', got %r" % context)
@@ -422,7 +560,7 @@ def _load_account(path: str, index: int, table: Any, env: Mapping[str, str]) -> 
     missed_call_tasks = _load_missed_call_tasks(r)
     account = AccountConfig(
         name=name, crm_url=crm_url, api_key=api_key, client_id=client_id, code=code, domain=domain,
-        timezone=timezone, extensions=tuple(extensions), external_phones=tuple(external_phones),
+        timezone=timezone, extensions=extensions, external_phones=external_phones,
         country=country, context=context, outbound_route=outbound_route,
         answer_timeout=answer_timeout, fallback=fallback, ignore_status=ignore_status,
         status_push=status_push, callcenter_agent=agent,
@@ -581,9 +719,25 @@ def parse_config(path: str, data: Mapping[str, Any], env: Mapping[str, str] | No
             if domains.count(a.domain) > 1:
                 raise ConfigError(path, "accounts %r" % a.name, "domain",
                                   "two accounts share domain %r; calls could not be told apart" % a.domain)
+        _check_company_numbers(path, accounts)
     return Config(path=path, freeswitch=freeswitch, http=http, state=state, delivery=delivery,
                   accounts=accounts, log_level=level, storage=storage, routing=routing, health=health,
                   log_format=log_format, cdr=cdr)
+
+
+def _check_company_numbers(path: str, accounts: tuple[AccountConfig, ...]) -> None:
+    """A company number belongs to one account: it is how an incoming call finds its account and store.
+    Numbers are compared as the CRM gets them ("+7 (499) 999-99-99" and "74999999999" are one)."""
+    owners: dict[str, tuple[str, str, str]] = {}  # canonical number -> (account, store, as written)
+    for account in accounts:
+        for site, number in account.external_phones:
+            canonical = account.canonical_phone(number)
+            owner = owners.setdefault(canonical, (account.name, site, number))
+            if owner[0] != account.name:
+                raise ConfigError(path, "accounts %r" % account.name, "external_phones.%s" % site,
+                                  "company number %s is in two accounts: %r (store %s, as %s) and %r (store %s); "
+                                  "a call on it could not be told apart: keep it in one account only"
+                                  % (number, owner[0], owner[1], owner[2], account.name, site))
 
 
 def _load_storage(r: _Reader, state_dir: Path) -> StorageConfig:

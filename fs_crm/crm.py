@@ -35,6 +35,11 @@ POOL_SIZE = 64  # unversioned, unlike every other method
 MODULE_PATH = "/api/v5/integration-modules/%s"
 TASK_CREATE_PATH = "/api/v5/tasks/create"
 USER_STATUS_PATH = "/api/v5/users/%d/status"
+USERS_PATH = "/api/v5/users"
+# Users per page of GET /api/v5/users (the PHP client's PaginationLimit: 20, 50, 100, 250), and the
+# most pages read (100,000 users), so an answer whose totalPageCount never ends cannot loop for ever.
+USERS_PAGE_LIMIT = 100
+USERS_MAX_PAGES = 1000
 # A module code goes into the URL path: only these characters, so it can never add a path segment
 # or a query string.
 _MODULE_CODE = re.compile(r"[A-Za-z0-9_-]+")
@@ -66,7 +71,8 @@ class CrmError(Exception):
         where = "%s %s" % (account, path) if path else account
         text = "%s: %s" % (where, error_msg) if status is None else "%s: HTTP %s: %s" % (where, status, error_msg)
         if errors:
-            text += " %s" % json.dumps(errors, ensure_ascii=False, default=str)[:500]
+            # Whole: the CRM's errors are the cause (`fs-crm check`, `outbox` and the logs show them).
+            text += " %s" % json.dumps(errors, ensure_ascii=False, default=str)
         super().__init__(text)
 
 
@@ -329,6 +335,25 @@ class CrmClient:
             raise ValueError("a CRM user id is a positive integer, got %r" % (user_id,))
         self._request("POST", USER_STATUS_PATH % user_id, urgent=False,
                       read_timeout=self._delivery.event_read_timeout, form={"status": status})
+
+    def users(self) -> list[dict]:
+        """Every CRM user (`GET /api/v5/users`, page by page), as the CRM gives them: id, active,
+        firstName, lastName, ... (PHP Model/Entity/Users/User; no extension: those live in the
+        module's additionalCodes). Needs the user_read scope."""
+        users: list[dict] = []
+        page = 1
+        while True:
+            data = self._request("GET", USERS_PATH, urgent=False, read_timeout=self._delivery.upload_read_timeout,
+                                 params={"limit": str(USERS_PAGE_LIMIT), "page": str(page)})
+            batch = data.get("users")
+            if not isinstance(batch, list):
+                raise CrmUnavailable(self.account.name, "answer without a users list", path=USERS_PATH)
+            users.extend(user for user in batch if isinstance(user, dict))
+            pagination = data.get("pagination")
+            pages = pagination.get("totalPageCount") if isinstance(pagination, dict) else None
+            if not batch or not isinstance(pages, int) or page >= min(pages, USERS_MAX_PAGES):
+                return users
+            page += 1
 
     def edit_integration_module(self, module: dict) -> dict:
         """Create or update the integration module `module["code"]`; returns the CRM's `info` remarks.

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from fs_crm.config import Config
+from fs_crm.config import AccountConfig, Config, looks_reversed
 from fs_crm.filemodes import private_dir
 from fs_crm.outbox import FILE_NAME, OutboxError, probe
 from fs_crm.store.lock import StateLock
@@ -54,7 +54,18 @@ def offline_checks(config: Config, *, storage: bool = True) -> list[Check]:
         checks.append(check_listen("[routing] listen", config.routing.listen_host, config.routing.listen_port, holder))
     if storage and config.storage.backend:
         checks.append(check_storage(config))
+    checks.extend(check_extension_map(account) for account in config.accounts if looks_reversed(account.extensions))
     return checks
+
+
+def check_extension_map(account: AccountConfig) -> Check:
+    """A warning only: offline, "100" = "1" may be a reversed map or a CRM whose user ids outgrew its
+    extensions; `fs-crm check` asks the CRM which."""
+    first_id, first_ext = account.extensions[0]
+    return Check("[accounts %r] extensions" % account.name, OK,
+                 "WARNING: every CRM user id is longer than its extension (\"%d\" = \"%s\"); the map is \"CRM user "
+                 "id\" = \"extension\": if it is written the other way round, swap each pair (\"%s\" = \"%d\"). "
+                 "`fs-crm check` compares it with the CRM's users" % (first_id, first_ext, first_ext, first_id))
 
 
 def check_state_dir(path: Path, holder: str | None = None) -> Check:

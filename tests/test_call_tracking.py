@@ -29,7 +29,8 @@ def account_with(sources):
 
 # --- config -------------------------------------------------------------------------------------
 def test_given_no_sources_when_loaded_then_old_configs_stay_valid_and_no_call_has_one():
-    account = load_config(EXAMPLE, env={}).accounts[0]
+    account = load_config(EXAMPLE, env={"FS_CRM_ACCOUNT_SHOP_API_KEY": "a-real-key",
+                                        "FS_CRM_ACCOUNT_SHOP_CLIENT_ID": "a-long-random-client-id"}).accounts[0]
     assert account.external_phone_sources == ()
     assert account.source_of("+74999999999") is None
 
@@ -69,7 +70,8 @@ def test_given_sources_not_a_table_when_loaded_then_error_says_what_it_must_be()
 def test_given_source_in_toml_as_an_operator_writes_it_when_loaded_then_read(tmp_path):
     path = tmp_path / "fs-crm.toml"
     path.write_text('[[accounts]]\nname = "shop"\ncrm_url = "https://shop.retailcrm.ru"\napi_key = "k"\n'
-                    'client_id = "c"\ndomain = "pbx.test"\n[accounts.external_phones]\nshop1 = "+74999999999"\n'
+                    'client_id = "c"\ndomain = "pbx.test"\n[accounts.extensions]\n"1" = "100"\n'
+                    '[accounts.external_phones]\nshop1 = "+74999999999"\n'
                     '[accounts.external_phone_sources."+74999999999"]\nsource = "yandex"\nmedium = "cpc"\n')
     account = load_config(path, env={}).accounts[0]
     assert account.source_of("+74999999999") == {"source": "yandex", "medium": "cpc"}

@@ -109,6 +109,8 @@ crm_url = "https://shop.retailcrm.ru"
 api_key = "unused-here"
 client_id = "client-1"
 domain = "pbx.test"
+[accounts.extensions]
+"1" = "100"
 """)
     return path
 

@@ -41,7 +41,8 @@ def offline_config(tmp_path, state_dir, http_port=0, routing_port=0, storage=Non
         "routing": {"listen": "127.0.0.1:%d" % routing_port},
         "freeswitch": {"host": "127.0.0.1", "port": free_port()},
         "accounts": [{"name": "shop", "crm_url": "http://127.0.0.1:%d" % free_port(), "api_key": "unused",
-                      "client_id": "client-1", "domain": "pbx.test", "timezone": "Europe/Moscow"}],
+                      "client_id": "client-1", "domain": "pbx.test", "timezone": "Europe/Moscow",
+                      "extensions": {"1": "100"}}],
     }
     if storage:
         table["storage"] = storage

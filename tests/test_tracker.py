@@ -213,6 +213,21 @@ def test_given_live_call_unknown_after_restart_when_reconciled_then_its_end_give
     assert records[0]["type"] == "out" and records[0]["result"] == "answered" and records[0]["code"] == "100"
 
 
+def test_given_show_channels_lagging_when_reconciled_after_a_call_ended_then_its_legs_are_not_adopted():
+    # FreeSWITCH's channel list still names legs whose CHANNEL_HANGUP_COMPLETE we already handled.
+    events = events_of("out_answered")
+    tracker, _, records = play(events)
+    assert len(records) == 1 and tracker.active_calls() == 0
+    root = events[0]
+    lagging = [LiveChannel(uuid=root["Unique-ID"], call_uuid=root["Unique-ID"], direction="inbound",
+                           name=root["Channel-Name"], cid_num="100", dest="79121234567",
+                           created_epoch=int(root["Caller-Channel-Created-Time"]) // 1_000_000,
+                           callstate="ACTIVE", presence_id="100@pbx.test")]
+    tracker.reconcile(lagging, int(events[-1]["Event-Date-Timestamp"]) + 1_000_000)
+    assert tracker.active_calls() == 0  # no phantom that would later be reported with hours of talk
+    assert tracker.expire_orphans(int(events[-1]["Event-Date-Timestamp"]) + 3_600_000_000, 3_000_000) == []
+
+
 def test_given_event_without_unique_id_when_tracked_then_ignored():
     event = parse_event(next(iter_frames(b"Content-Length: 28\nContent-Type: text/event-plain\n\n"
                                          b"Event-Name: CHANNEL_CREATE\n\n")))

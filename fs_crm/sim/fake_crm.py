@@ -27,6 +27,7 @@ from gevent.pywsgi import WSGIServer
 from fs_crm import vocab
 from fs_crm.http import NoDelayHandler
 from fs_crm.sim import wait_for
+from fs_crm.sim.config import EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
@@ -163,13 +164,37 @@ def customer(customer_id: int, first_name: str, last_name: str = "", phones: Ite
     return out
 
 
+def user(user_id: int, first_name: str = "", last_name: str = "", active: bool = True, **more: Any) -> dict:
+    """A CRM user as GET /api/v5/users lists it (PHP Model/Entity/Users/User and UsersTest's fixture):
+    id, createdAt, active, email, firstName, lastName, status, online, isAdmin, isManager, groups."""
+    out: dict[str, Any] = {"id": user_id, "createdAt": "2024-01-15 09:00:00", "active": active,
+                           "email": "user%d@shop.test" % user_id, "firstName": first_name or "User%d" % user_id}
+    if last_name:
+        out["lastName"] = last_name
+    out.update({"status": "free", "online": active, "isAdmin": False, "isManager": True,
+                "groups": [{"id": 25, "name": "Managers", "code": "manager"}]})
+    out.update(more)
+    return out
+
+
+# The page sizes GET /api/v5/users takes (the PHP client's PaginationLimit).
+_PAGE_LIMITS = (20, 50, 100, 250)
+
+
 class FakeCrm:
     """One fake CRM serving any number of accounts (one per API key)."""
 
     def __init__(self, api_keys: Mapping[str, str] | None = None, known_codes: set[str] | None = None,
                  known_sites: set[str] | None = None, scopes: Iterable[str] = ALL_SCOPES,
-                 enforce_rate_limit: bool = False, known_user_ids: set[int] | None = None):
+                 enforce_rate_limit: bool = False, known_user_ids: set[int] | None = None,
+                 users: Iterable[dict] | None = None):
         self.api_keys = dict(api_keys if api_keys is not None else {"test-key": "shop"})
+        # CRM user id -> user (see `user()`), listed by GET /api/v5/users in id order. By default the
+        # known_user_ids, else the simulated PBX's managers (fs_crm.sim.config.EXTENSIONS).
+        if users is None:
+            ids = known_user_ids if known_user_ids is not None else {int(uid) for uid in EXTENSIONS}
+            users = [user(uid) for uid in ids]
+        self.users: dict[int, dict] = {u["id"]: u for u in users}
         self.known_codes, self.known_sites = known_codes, known_sites
         self.known_user_ids = known_user_ids
         self.scopes = tuple(scopes)
@@ -286,6 +311,7 @@ class FakeCrm:
             ("GET", "/api/v5/integration-modules/<code>", self._module_get),
             ("POST", "/api/v5/tasks/create", self._task_create),
             ("POST", "/api/v5/users/<user_id>/status", self._user_status),
+            ("GET", "/api/v5/users", self._users),
         ]
         for method, path, handler in routes:
             app.route(path, method, self._serving(handler))
@@ -562,6 +588,25 @@ class FakeCrm:
         if callback is not None:
             gevent.spawn(self._call_back_status, callback, user_id, status)
         return _json(200, {"success": True})
+
+    def _users(self, account: str, received: Received) -> _Answer:
+        """The users list, paginated like every retailCRM list: limit (20 by default), page from 1."""
+        errors: dict[str, str] = {}
+        raw_limit, raw_page = received.query.get("limit", "20"), received.query.get("page", "1")
+        if not raw_limit.isdigit() or int(raw_limit) not in _PAGE_LIMITS:
+            errors["limit"] = "The value you selected is not a valid choice."
+        if not raw_page.isdigit() or int(raw_page) < 1:
+            errors["page"] = "This value should be greater than or equal to 1."
+        if errors:
+            return _error(400, "Errors in the input parameters", errors)
+        limit, page = int(raw_limit), int(raw_page)
+        with self._lock:
+            listed = [self.users[uid] for uid in sorted(self.users)]
+        pages = max(1, -(-len(listed) // limit))
+        return _json(200, {"success": True,
+                           "pagination": {"limit": limit, "totalCount": len(listed), "currentPage": page,
+                                          "totalPageCount": pages},
+                           "users": listed[(page - 1) * limit:page * limit]})
 
     def _call_back_status(self, callback: tuple[str, str, dict[int, str]], user_id: int, status: str) -> None:
         url, client_id, codes = callback

@@ -54,6 +54,8 @@ class StateSaver:
         self._wanted = gevent.event.Event()
         self._stopping = gevent.event.Event()
         self._delay = 0.0
+        self._rows_saved_at = 0.0  # when calls in progress were last saved (monotonic)
+        self._slicing = False  # a flood of changed calls is being saved, one slice after the other
         # While the disk fails: since when, the last error, when it was last reported.
         self.failing_since: float | None = None
         self.last_error: str | None = None
@@ -95,16 +97,27 @@ class StateSaver:
     def save_all(self) -> bool:
         """Slice after slice until nothing is left (at stop); False as soon as the disk refuses."""
         while True:
-            if not self.save_once():
+            if not self.save_once(rows=True):
                 return False
             if not self._tracker.has_changes:
                 return True
 
-    def save_once(self) -> bool:
-        """Save what changed since the last time; True when the disk took it (or nothing changed)."""
+    def save_once(self, rows: bool | None = None) -> bool:
+        """Save what changed since the last time; True when the disk took it (or nothing changed).
+
+        Finished calls go every time (soon after each socket read); calls in progress (`rows`) at
+        most once per SAVE_INTERVAL, or slice after slice while a flood is being saved: a call that
+        starts and ends between two such saves is never written as in progress at all. A finished
+        call whose in-progress row is deleted only by a later save is in both places meanwhile,
+        which is safe: restored, it would be reported again, and the outbox skips its externalId."""
+        now = time.monotonic()
+        if rows is None:
+            rows = self._slicing or now - self._rows_saved_at >= SAVE_INTERVAL
         records = self._finished[:]
-        changed, gone = self._tracker.take_changes(SAVE_SLICE)
+        changed, gone = self._tracker.take_changes(SAVE_SLICE) if rows else ({}, [])
         if not records and not changed and not gone:
+            if rows:
+                self._rows_saved_at = now
             return True
         try:
             added = self._outbox.persist([self._new_call(r) for r in records], changed, gone)
@@ -115,8 +128,12 @@ class StateSaver:
         # Only now may they leave memory: new ones were appended during the commit, after these.
         del self._finished[:len(records)]
         self._recovered()
-        if self._tracker.has_changes:
-            self._wanted.set()  # the next slice right away
+        if rows:
+            self._slicing = len(changed) + len(gone) >= SAVE_SLICE and self._tracker.has_changes
+            if self._slicing:
+                self._wanted.set()  # the next slice right away
+            else:
+                self._rows_saved_at = now
         for record, new in zip(records, added, strict=True):
             if not new:
                 logger.info("call %s account %s: already queued or delivered; not queued again",

@@ -54,7 +54,7 @@ class Ports:
     cdr: int
     rtp_start: int
     # Free when picked and never listened on: the router failover number's dead first host.
-    dead_router: int = 0
+    dead_router: int
 
     @classmethod
     def pick(cls) -> "Ports":
