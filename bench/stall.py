@@ -579,9 +579,9 @@ def measure(n: int, seconds: float, profile: bool = True) -> int:
         saves = Counter()
         save_once = service.saver.save_once
 
-        def counted_save() -> bool:
+        def counted_save(*args, **kwargs) -> bool:
             saves["saves"] += 1
-            return save_once()
+            return save_once(*args, **kwargs)
 
         service.saver.save_once = counted_save
         expire = service.tracker.expire_orphans
