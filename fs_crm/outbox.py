@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fs_crm.filemodes import create_private_file, private_dir
+from fs_crm.store.schema import LEGACY_CALLS_IN_PROGRESS, MIGRATIONS, SCHEMA_VERSION
 
 FILE_NAME = "outbox.sqlite3"
-SCHEMA_VERSION = 7
 PENDING = "pending"
 HELD = "held"
 FAILED = "failed"
@@ -36,105 +36,6 @@ BUSY_TIMEOUT_MS = 10_000
 # Error texts come from the CRM; keep a runaway one from bloating the database.
 MAX_ERROR_LEN = 2000
 
-# Each entry moves the schema from version N to N+1; applied in one transaction on open.
-_MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE outbox (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: ids never reused, so id order is FIFO
-        account TEXT NOT NULL,
-        external_id TEXT NOT NULL,
-        payload TEXT NOT NULL,                 -- JSON, exactly what calls/upload receives
-        state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'failed')),
-        attempts INTEGER NOT NULL DEFAULT 0,
-        created_at REAL NOT NULL,
-        next_attempt_at REAL NOT NULL,
-        last_error TEXT,
-        UNIQUE (account, external_id)
-    );
-    CREATE INDEX outbox_queue ON outbox (account, state, id);
-    CREATE TABLE delivered (
-        account TEXT NOT NULL,
-        external_id TEXT NOT NULL,
-        delivered_at REAL NOT NULL,
-        PRIMARY KEY (account, external_id)
-    ) WITHOUT ROWID;
-    CREATE INDEX delivered_age ON delivered (delivered_at);
-    """,
-    # 2: small named documents the service must not lose on a crash (the calls in progress).
-    """
-    CREATE TABLE state (
-        name TEXT PRIMARY KEY,
-        value TEXT NOT NULL,                   -- JSON
-        saved_at REAL NOT NULL
-    ) WITHOUT ROWID
-    """,
-    # 3: calls held back while their recording is stored ('held'), and the recording upload queue.
-    # SQLite cannot widen a CHECK constraint in place, so the queue table is rebuilt.
-    """
-    CREATE TABLE outbox_v3 (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        account TEXT NOT NULL,
-        external_id TEXT NOT NULL,
-        payload TEXT NOT NULL,
-        state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'failed', 'held')),
-        attempts INTEGER NOT NULL DEFAULT 0,
-        created_at REAL NOT NULL,
-        next_attempt_at REAL NOT NULL,         -- for 'held': when to give up waiting for the recording
-        last_error TEXT,
-        UNIQUE (account, external_id)
-    );
-    INSERT INTO outbox_v3 SELECT id, account, external_id, payload, state, attempts, created_at,
-        next_attempt_at, last_error FROM outbox;
-    DROP TABLE outbox;
-    ALTER TABLE outbox_v3 RENAME TO outbox;
-    CREATE INDEX outbox_queue ON outbox (account, state, id);
-    CREATE TABLE recordings (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        account TEXT NOT NULL,
-        external_id TEXT NOT NULL,             -- the call whose history waits for this file
-        path TEXT NOT NULL,                    -- where FreeSWITCH wrote it
-        name TEXT NOT NULL,                    -- object name in the store
-        content_type TEXT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        created_at REAL NOT NULL,
-        next_attempt_at REAL NOT NULL,
-        last_error TEXT,
-        UNIQUE (account, external_id)
-    )
-    """,
-    # 4: CRM user statuses (free / busy / dinner / break), remembered across restarts.
-    """
-    CREATE TABLE user_status (
-        account TEXT NOT NULL,
-        extension TEXT NOT NULL,
-        user_id INTEGER,
-        status TEXT NOT NULL,
-        updated_at REAL NOT NULL,
-        PRIMARY KEY (account, extension)
-    ) WITHOUT ROWID
-    """,
-    # 5: calls in progress one row each, so a save writes what changed, never the whole set.
-    """
-    CREATE TABLE calls_in_progress (
-        id TEXT PRIMARY KEY,
-        value TEXT NOT NULL                    -- JSON, fs_crm.calls.reconcile.call_data
-    ) WITHOUT ROWID
-    """,
-    # 6: legs' CDRs posted by mod_json_cdr, kept until their call is complete and queued (or known).
-    """
-    CREATE TABLE cdr_legs (
-        uuid TEXT PRIMARY KEY,
-        body TEXT NOT NULL,                    -- as posted
-        received_at REAL NOT NULL
-    ) WITHOUT ROWID
-    """,
-    # 7: what the call was before the config shaped it, so its payload is rendered at send time
-    # (JSON, fs_crm.calls.history_mapping.config_fields). No SQL comment on the line: SQLite copies
-    # the column's text into the table's CREATE statement, where it would swallow the ")".
-    "ALTER TABLE outbox ADD COLUMN facts TEXT",
-)
-# Until schema 5 the calls in progress were one document in `state`; it is read once and dropped.
-LEGACY_CALLS_IN_PROGRESS = "calls-in-progress"
 
 _COLUMNS = "id, account, external_id, payload, attempts, created_at, last_error, state, next_attempt_at, facts"
 
@@ -253,7 +154,7 @@ class Outbox:
         for target in range(version + 1, SCHEMA_VERSION + 1):
             try:
                 db.executescript("BEGIN IMMEDIATE;\n%s;\nPRAGMA user_version = %d;\nCOMMIT;"
-                                 % (_MIGRATIONS[target - 1], target))
+                                 % (MIGRATIONS[target - 1], target))
             except BaseException:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
