@@ -211,7 +211,8 @@ class ClickToCall:
         if client is None:
             return None
         try:
-            found = client.manager_lookup(call.phone, timeout=self.lookup_timeout)
+            # The name is nice to have: never wait for the CRM's rate budget for it.
+            found = client.manager_lookup(call.phone, timeout=self.lookup_timeout, wait_for_budget=False)
         except CrmError as exc:
             logger.warning("account %s: click-to-call for extension %s: no customer name from the CRM (%s); "
                            "the phone shows the number", account.name, call.extension, exc)

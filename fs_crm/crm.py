@@ -184,18 +184,31 @@ class RateLimiter:
         try:
             while True:
                 with self._lock:
-                    now = self._clock()
-                    free = bucket.free(now)
-                    if free > (0 if urgent else bucket.reserve) and (urgent or not bucket.urgent_waiting):
-                        bucket.spent.append(now)
-                        return
-                    # The oldest token is the next to come back; 1 ms floor so a waiter blocked
-                    # only by an urgent caller yields instead of spinning.
-                    wait = bucket.spent[0] + bucket.window - now if bucket.spent else 0.0
-                self._sleep(max(wait, 0.001))
+                    wait = self._take(bucket, urgent)
+                if wait is None:
+                    return
+                self._sleep(wait)
         finally:
             with self._lock:
                 bucket.urgent_waiting -= urgent
+
+    def try_acquire(self, route: str, urgent: bool) -> bool:
+        """A token if one is free right now, without waiting (for what may simply be skipped)."""
+        bucket = self._buckets[self.route_of(route)]
+        with self._lock:
+            return self._take(bucket, urgent, waiting_self=False) is None
+
+    def _take(self, bucket: _Window, urgent: bool, waiting_self: bool = True) -> float | None:
+        """Take a token (None), or say how long to wait for one. Call with the lock held."""
+        now = self._clock()
+        free = bucket.free(now)
+        others_urgent = bucket.urgent_waiting - (urgent and waiting_self)
+        if free > (0 if urgent else bucket.reserve) and (urgent or not others_urgent):
+            bucket.spent.append(now)
+            return None
+        # The oldest token is the next to come back; 1 ms floor so a waiter blocked only by an
+        # urgent caller yields instead of spinning.
+        return max(bucket.spent[0] + bucket.window - now if bucket.spent else 0.0, 0.001)
 
 
 def _dumps(value: Any) -> str:
@@ -297,21 +310,27 @@ class CrmClient:
         """The free manager responsible for this customer, or None; raises CrmError like the rest."""
         return self.manager_lookup(phone, timeout).manager
 
-    def manager_lookup(self, phone: str, timeout: float, ignore_status: bool = False) -> ManagerLookup:
+    def manager_lookup(self, phone: str, timeout: float, ignore_status: bool = False,
+                       wait_for_budget: bool = True) -> ManagerLookup:
         """`GET /telephony/manager?details=1`: the customer's responsible manager and the customer.
 
         The CRM names the manager only when he is free in the CRM (logged in, status "free");
         `ignore_status` asks for him whatever his status (`ignoreStatus=1`). `timeout` bounds the
         whole call, waiting for the rate limiter included: a ringing caller cannot wait for a slow
         CRM (requests' own timeouts only bound each socket operation). Raises CrmError like the rest.
+        Without `wait_for_budget` a lookup that would have to wait for the rate budget is not made
+        (CrmUnavailable): for what is nice to have, like a caller-ID name, never worth a delay.
         """
         params = {"phone": phone, "details": "1"}
         if ignore_status:
             params["ignoreStatus"] = "1"  # PHP's NumericBoolean: 0/1
+        if not wait_for_budget and not self._limiter.try_acquire(MANAGER_PATH, urgent=True):
+            raise CrmUnavailable(self.account.name, "rate budget spent for now; not asked", path=MANAGER_PATH)
         deadline = gevent.Timeout(timeout)
         deadline.start()
         try:
-            data = self._request("GET", MANAGER_PATH, urgent=True, read_timeout=timeout, params=params)
+            data = self._request("GET", MANAGER_PATH, urgent=True, read_timeout=timeout, params=params,
+                                 budgeted=not wait_for_budget)
         except gevent.Timeout as exc:
             if exc is not deadline:
                 raise
@@ -396,8 +415,9 @@ class CrmClient:
     # --- transport -----------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, *, urgent: bool, read_timeout: float,
-                 form: dict | None = None, params: dict | None = None) -> dict:
-        self._limiter.acquire(path, urgent)
+                 form: dict | None = None, params: dict | None = None, budgeted: bool = False) -> dict:
+        if not budgeted:  # the caller took its token already (try_acquire)
+            self._limiter.acquire(path, urgent)
         name = self.account.name
         started = time.monotonic()
         outcome = "error"

@@ -540,3 +540,23 @@ def test_given_telephony_flood_then_general_bucket_unaffected():
     vt.run(flood + [caller(vt, limiter, "/api/credentials", False, 0.0, general)])
 
     assert general == [(0.0, 0.0, False)]
+
+
+def test_given_budget_spent_when_try_acquire_then_no_token_and_no_wait_until_one_comes_back():
+    vt = VirtualTime()
+    limiter = RateLimiter(telephony_rps=10, general_rps=10, clock=vt.clock, sleep=vt.sleep)
+    assert [limiter.try_acquire("telephony", urgent=True) for _ in range(11)] == [True] * 10 + [False]
+    assert limiter.try_acquire("/api/credentials", urgent=False)  # the other budget is untouched
+    vt.now += 1.1
+    assert limiter.try_acquire("telephony", urgent=True)
+
+
+def test_given_budget_spent_when_lookup_must_not_wait_then_unavailable_at_once_and_nothing_sent(fake):
+    limiter = RateLimiter(telephony_rps=1, general_rps=1)
+    client = CrmClient(account_for(fake.url), DELIVERY, limiter)
+    limiter.acquire("telephony", urgent=True)  # the only token of this window
+    before = len(fake.requests)
+    with pytest.raises(CrmUnavailable, match="rate budget spent"):
+        client.manager_lookup("79121234567", timeout=5.0, wait_for_budget=False)
+    assert len(fake.requests) == before
+    client.close()
