@@ -26,7 +26,7 @@ from fs_crm.eslsession import EslError
 from fs_crm.filemodes import private_dir
 from fs_crm.greenlets import spawn
 from fs_crm.history import HistorySender
-from fs_crm.history_queue import new_call
+from fs_crm.history_queue import new_call, recording_links
 from fs_crm.http import HttpServer, build_app
 from fs_crm.metrics import ServiceMetrics
 from fs_crm.missed_tasks import MissedCallTasker
@@ -43,7 +43,6 @@ from fs_crm.store.saver import StateSaver
 from recordings.base import RecordingStore
 from recordings.local import LocalStore
 from recordings.playback import make_app as make_playback_app
-from recordings.tokens import RecordingLinks, TokenCodec, load_secret
 
 logger = logging.getLogger(__name__)
 
@@ -119,11 +118,10 @@ class Service:
             parts.append(self.cdrs.make_app())
         if config.storage.backend:
             self.store = build_store(config)
-            codec = TokenCodec(load_secret(config.storage.url_secret, config.state.dir))
-            self.recordings = RecordingUploader(self.outbox, self.store,
-                                                RecordingLinks(config.http.public_url, codec), config.storage,
+            links = recording_links(config)  # the same URLs `fs-crm backfill` makes
+            self.recordings = RecordingUploader(self.outbox, self.store, links, config.storage,
                                                 config.delivery, on_released=self.history.wake, clock=clock)
-            parts.append(make_playback_app(self.store, codec, {a.name: a.client_id for a in config.accounts}))
+            parts.append(make_playback_app(self.store, links.codec, {a.name: a.client_id for a in config.accounts}))
         self.http = HttpServer(config.http, build_app(self.health, *parts))
         self.started = gevent.event.Event()
         self._stop = gevent.event.Event()
