@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench clean
 
-$(STAMP): setup.cfg setup.py pyproject.toml fs_crm/_eslindex.c
+$(STAMP): setup.cfg setup.py pyproject.toml fs_crm/freeswitch/_eslindex.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,bench]'

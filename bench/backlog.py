@@ -46,13 +46,13 @@ from common import (  # noqa: E402
 from fs_crm import vocab  # noqa: E402
 from fs_crm.calls import CallTracker  # noqa: E402
 from fs_crm.config import parse_config  # noqa: E402
-from fs_crm.crm import UPLOAD_PATH, CrmClient, RateLimiter  # noqa: E402
-from fs_crm.eslparse import parse_event_plain  # noqa: E402
-from fs_crm.history import HistorySender  # noqa: E402
-from fs_crm.outbox import Outbox  # noqa: E402
-from fs_crm.payloads import CallRecord  # noqa: E402
+from fs_crm.crm.client import UPLOAD_PATH, CrmClient, RateLimiter  # noqa: E402
+from fs_crm.crm.history import HistorySender  # noqa: E402
+from fs_crm.crm.payloads import CallRecord  # noqa: E402
+from fs_crm.freeswitch.eslparse import parse_event_plain  # noqa: E402
 from fs_crm.sim.calls import captured  # noqa: E402
 from fs_crm.sim.fake_crm import FakeCrm  # noqa: E402
+from fs_crm.store.outbox import Outbox  # noqa: E402
 
 BACKLOG = 10_000
 DRAIN_TIMEOUT = 120.0

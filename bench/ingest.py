@@ -56,14 +56,14 @@ from greenswitch.esl import InboundESL  # noqa: E402
 from fs_crm import vocab  # noqa: E402
 from fs_crm.calls import CallTracker  # noqa: E402
 from fs_crm.config import parse_config  # noqa: E402
-from fs_crm.esl import EslConnection  # noqa: E402
-from fs_crm.eslparse import parse_event_plain  # noqa: E402
-from fs_crm.eslsession import RECV_BYTES  # noqa: E402
-from fs_crm.outbox import NewCall, Outbox  # noqa: E402
-from fs_crm.payloads import CallRecord  # noqa: E402
+from fs_crm.crm.payloads import CallRecord  # noqa: E402
+from fs_crm.freeswitch.eslparse import parse_event_plain  # noqa: E402
+from fs_crm.freeswitch.eslsession import RECV_BYTES  # noqa: E402
+from fs_crm.freeswitch.listener import EslConnection  # noqa: E402
 from fs_crm.service import Service  # noqa: E402
 from fs_crm.sim.calls import captured, header  # noqa: E402
 from fs_crm.sim.fake_freeswitch import frame_event, renumber_call  # noqa: E402
+from fs_crm.store.outbox import NewCall, Outbox  # noqa: E402
 
 CALLS = 3600  # x ~14 CHANNEL_* events per call: ~50,000 events
 CONCURRENT = 50  # calls in progress at once in the stream

@@ -1,8 +1,8 @@
 """Recording playback from S3: what retailCRM's player gets through our playback app versus S3 itself.
 
 Three processes, all on 127.0.0.1: moto's real S3 server (tests/moto_s3.py's MotoProcess), the real
-playback app (recordings.playback.make_app over S3Store + TokenCodec, served by fs_crm.http.HttpServer as
-fs_crm.http does, logging at INFO as shipped), and this process as the client. They never share a
+playback app (recordings.playback.make_app over S3Store + TokenCodec, served by fs_crm.web.server.HttpServer as
+fs_crm.web.server does, logging at INFO as shipped), and this process as the client. They never share a
 gevent hub, and each one's CPU time is read from /proc. moto holds whole objects in memory on every
 GET, which is its business, not ours: the memory figures are those of the playback process only.
 
@@ -67,14 +67,14 @@ CONCURRENT_DEADLINE = 30.0
 BARRIER_TIMEOUT = 15.0
 GOAL_RATIO = 0.8
 
-# The playback process: the product's pieces exactly as fs_crm.service/fs_crm.http put them together.
+# The playback process: the product's pieces exactly as fs_crm.service/fs_crm.web.server put them together.
 _PLAYBACK_CHILD = """
 from gevent import monkey
 monkey.patch_all()
 import logging, sys
 from gevent.socket import wait_read
 from fs_crm.config import HttpConfig
-from fs_crm.http import HttpServer, build_app
+from fs_crm.web.server import HttpServer, build_app
 from recordings.playback import make_app
 from recordings.s3 import S3Store
 from recordings.tokens import TokenCodec

@@ -60,7 +60,7 @@ from common import (  # noqa: E402
 )
 
 from fs_crm.config import RoutingConfig, api_key_env_name  # noqa: E402
-from fs_crm.crm import MANAGER_PATH  # noqa: E402
+from fs_crm.crm.client import MANAGER_PATH  # noqa: E402
 from fs_crm.sim import free_port  # noqa: E402
 from fs_crm.sim.config import sim_config, to_toml  # noqa: E402
 from fs_crm.sim.fake_crm import FakeCrm  # noqa: E402

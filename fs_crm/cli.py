@@ -24,12 +24,12 @@ from fs_crm.config import Config, ConfigError, load_config  # noqa: E402
 from fs_crm.filemodes import private_dir  # noqa: E402
 from fs_crm.greenlets import spawn  # noqa: E402
 from fs_crm.logformat import formatter  # noqa: E402
-from fs_crm.outbox import OutboxError  # noqa: E402
 from fs_crm.store.lock import StateLock, StateLockError  # noqa: E402
+from fs_crm.store.outbox import OutboxError  # noqa: E402
 
 if TYPE_CHECKING:
     from fs_crm.config import AccountConfig
-    from fs_crm.crm import CrmClient
+    from fs_crm.crm.client import CrmClient
 
 logger = logging.getLogger("fs_crm")
 
@@ -126,9 +126,9 @@ def _wait_for_lock(lock: StateLock, stop: gevent.event.Event) -> bool:
 def cmd_check(args: argparse.Namespace) -> int:
     """Online: offline checks, then FreeSWITCH, the storage and each account's key. --offline: the
     config, state dir, outbox, ports and local storage only (fs_crm.preflight), no network."""
-    from fs_crm.crm import CrmClient
-    from fs_crm.esl import EslConnection
-    from fs_crm.eslsession import EslError
+    from fs_crm.crm.client import CrmClient
+    from fs_crm.freeswitch.eslsession import EslError
+    from fs_crm.freeswitch.listener import EslConnection
     from fs_crm.preflight import offline_checks
 
     config = _load(args)
@@ -173,8 +173,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 def _check_account(account: "AccountConfig", client: "CrmClient") -> bool:
     """One account's lines of `fs-crm check`: its key and scopes, then its extension map against the
     CRM's users. False if either failed."""
-    from fs_crm.crm import CrmError
-    from fs_crm.extension_map import compare
+    from fs_crm.crm.client import CrmError
+    from fs_crm.crm.extension_map import compare
 
     where = "account %s (%s)" % (account.name, account.crm_url)
     try:
@@ -218,15 +218,15 @@ def _check_account(account: "AccountConfig", client: "CrmClient") -> bool:
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
-    from fs_crm import outbox_cli
+    from fs_crm.store import outbox_cli
 
     return outbox_cli.run(_load(args), args)
 
 
 def cmd_playback(args: argparse.Namespace) -> int:
     """Serve recordings only, e.g. on more hosts behind a load balancer (horizontal scaling)."""
-    from fs_crm.http import HttpServer, build_app
     from fs_crm.service import build_store
+    from fs_crm.web.server import HttpServer, build_app
     from recordings.base import StorageError
     from recordings.playback import make_app
     from recordings.tokens import TokenCodec, load_secret
@@ -281,8 +281,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     """Create or update each account's telephony module in its CRM (or show / compare it)."""
     import json
 
-    from fs_crm.crm import CrmClient, CrmError
-    from fs_crm.registration import differences, info_problems, module_payload, public_url_warnings
+    from fs_crm.crm.client import CrmClient, CrmError
+    from fs_crm.crm.registration import differences, info_problems, module_payload, public_url_warnings
 
     config = _load(args)
     accounts = config.accounts
@@ -346,8 +346,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fs_crm.calls.cdr import CdrError, group_calls, missing_legs, parse_cdr, records_from_cdrs
-    from fs_crm.history_queue import new_calls, recording_links
-    from fs_crm.outbox import FILE_NAME, Outbox, OutboxError
+    from fs_crm.store.history_queue import new_calls, recording_links
+    from fs_crm.store.outbox import FILE_NAME, Outbox, OutboxError
 
     config = _load(args)
     directory = Path(args.dir)

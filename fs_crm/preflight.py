@@ -17,8 +17,8 @@ from pathlib import Path
 
 from fs_crm.config import AccountConfig, Config, looks_reversed
 from fs_crm.filemodes import private_dir
-from fs_crm.outbox import FILE_NAME, OutboxError, probe
 from fs_crm.store.lock import StateLock
+from fs_crm.store.outbox import FILE_NAME, OutboxError, probe
 
 OK = "OK"
 FAILED = "FAILED"

@@ -12,37 +12,37 @@ import gevent
 import gevent.event
 
 from fs_crm import __version__
-from fs_crm.callbacks import make_app as make_callbacks_app
 from fs_crm.calls import CallTracker, parse_live_channels
-from fs_crm.cards import CardSender
-from fs_crm.cdr_intake import CdrIntake
-from fs_crm.clicktocall import ClickToCall
-from fs_crm.commands import FreeswitchCommands
 from fs_crm.config import Config
-from fs_crm.crm import CrmClient, RateLimiter
-from fs_crm.esl import EslConnection, EslListener
-from fs_crm.eslparse import Event
-from fs_crm.eslsession import EslError
+from fs_crm.crm.cards import CardSender
+from fs_crm.crm.client import CrmClient, RateLimiter
+from fs_crm.crm.history import HistorySender
+from fs_crm.crm.missed_tasks import MissedCallTasker
+from fs_crm.crm.payloads import CallEvent, CallRecord
+from fs_crm.crm.pbx_statuses import PbxStatusReporter, custom_events
 from fs_crm.filemodes import private_dir
+from fs_crm.freeswitch.cdr_intake import CdrIntake
+from fs_crm.freeswitch.commands import FreeswitchCommands
+from fs_crm.freeswitch.eslparse import Event
+from fs_crm.freeswitch.eslsession import EslError
+from fs_crm.freeswitch.listener import EslConnection, EslListener
+from fs_crm.freeswitch.outbound import OutboundServer
+from fs_crm.freeswitch.routing import CallRouter
 from fs_crm.greenlets import spawn
-from fs_crm.history import HistorySender
-from fs_crm.history_queue import new_call, recording_links
-from fs_crm.http import HttpServer, build_app
-from fs_crm.metrics import ServiceMetrics
-from fs_crm.missed_tasks import MissedCallTasker
-from fs_crm.outbound import OutboundServer
-from fs_crm.outbox import NewCall, Outbox, OutboxError
-from fs_crm.payloads import CallEvent, CallRecord
-from fs_crm.pbx_statuses import PbxStatusReporter, custom_events
 from fs_crm.preflight import listen_problem
-from fs_crm.recording_uploads import RecordingUploader
-from fs_crm.routing import CallRouter
-from fs_crm.statuses import UserStatuses
+from fs_crm.store.history_queue import new_call, recording_links
 from fs_crm.store.offhub import OffHubOutbox, StatsCache
+from fs_crm.store.outbox import NewCall, Outbox, OutboxError
 from fs_crm.store.saver import StateSaver
+from fs_crm.web.callbacks import make_app as make_callbacks_app
+from fs_crm.web.clicktocall import ClickToCall
+from fs_crm.web.metrics import ServiceMetrics
+from fs_crm.web.server import HttpServer, build_app
+from fs_crm.web.statuses import UserStatuses
 from recordings.base import RecordingStore
 from recordings.local import LocalStore
 from recordings.playback import make_app as make_playback_app
+from recordings.uploads import RecordingUploader
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class Service:
                                     custom_events=custom_events(config.accounts))
         accounts = {a.name: a for a in config.accounts}
         # Commands (click-to-call, registration checks, status pushes) never share the event connection,
-        # and the silent-call sweep's `show channels` goes on a lane of its own (fs_crm.commands).
+        # and the silent-call sweep's `show channels` goes on a lane of its own (fs_crm.freeswitch.commands).
         self.commands = FreeswitchCommands(config.freeswitch,
                                            spawn=lambda work: self._spawn("status-push-unsent", work))
         self.statuses = UserStatuses(self.outbox, accounts, self.commands)

@@ -7,7 +7,7 @@ monkey.patch_all()
 import pytest  # noqa: E402
 from e2e import start_fakes  # noqa: E402
 
-from fs_crm.outbox import FILE_NAME, Outbox  # noqa: E402
+from fs_crm.store.outbox import FILE_NAME, Outbox  # noqa: E402
 
 
 class FakeClock:

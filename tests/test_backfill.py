@@ -22,9 +22,9 @@ from scenarios import ACCOUNT, SCENARIOS, check_history  # noqa: E402
 from test_cdr import CAPTURES, KILLED, esl_records  # noqa: E402
 
 from fs_crm.calls.cdr import parse_cdr  # noqa: E402
-from fs_crm.outbox import FILE_NAME, Outbox  # noqa: E402
 from fs_crm.polling import wait_for  # noqa: E402
 from fs_crm.sim.config import sim_config, to_toml  # noqa: E402
+from fs_crm.store.outbox import FILE_NAME, Outbox  # noqa: E402
 from recordings.tokens import RecordingLinks, TokenCodec, load_secret  # noqa: E402
 
 REPO = Path(__file__).parents[1]

@@ -11,8 +11,8 @@ from e2e import config_table
 
 from fs_crm.calls import CallTracker
 from fs_crm.config import ConfigError, load_config, parse_config
-from fs_crm.eslparse import parse_event_plain
-from fs_crm.payloads import CallRecord
+from fs_crm.crm.payloads import CallRecord
+from fs_crm.freeswitch.eslparse import parse_event_plain
 from fs_crm.service import Service
 from fs_crm.sim.calls import captured, first_leg, fresh_call
 

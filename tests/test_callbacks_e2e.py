@@ -11,8 +11,7 @@ import requests
 from e2e import config_table
 
 from fs_crm.config import parse_config
-from fs_crm.crm import MANAGER_PATH
-from fs_crm.outbox import Outbox
+from fs_crm.crm.client import MANAGER_PATH
 from fs_crm.polling import wait_for
 from fs_crm.service import Service
 from fs_crm.sim import free_port
@@ -20,7 +19,8 @@ from fs_crm.sim.calls import first_leg, fresh_call
 from fs_crm.sim.config import to_toml
 from fs_crm.sim.fake_crm import customer
 from fs_crm.sim.fake_freeswitch import capture_path, load_connect_reply, renumber_call
-from fs_crm.statuses import UserStatuses
+from fs_crm.store.outbox import Outbox
+from fs_crm.web.statuses import UserStatuses
 
 REGISTERED = {"100", "200"}
 

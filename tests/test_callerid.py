@@ -1,11 +1,11 @@
-"""Customer names made safe for FreeSWITCH (fs_crm.callerid): what survives, what never does."""
+"""Customer names made safe for FreeSWITCH (fs_crm.freeswitch.callerid): what survives, what never does."""
 
 import random
 import unicodedata
 
 import pytest
 
-from fs_crm.callerid import MAX_LENGTH, customer_name, quoted, safe_name
+from fs_crm.freeswitch.callerid import MAX_LENGTH, customer_name, quoted, safe_name
 
 NAMES = [
     ("Иван Петров", "Иван Петров"),

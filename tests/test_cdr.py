@@ -32,10 +32,10 @@ from fs_crm.calls.cdr import (  # noqa: E402
     records_from_cdrs,
 )
 from fs_crm.config import parse_config  # noqa: E402
-from fs_crm.eslparse import iter_frames, parse_event_plain  # noqa: E402
-from fs_crm.history_queue import new_calls  # noqa: E402
-from fs_crm.payloads import CallRecord  # noqa: E402
+from fs_crm.crm.payloads import CallRecord  # noqa: E402
+from fs_crm.freeswitch.eslparse import iter_frames, parse_event_plain  # noqa: E402
 from fs_crm.sim.config import sim_config  # noqa: E402
+from fs_crm.store.history_queue import new_calls  # noqa: E402
 from recordings.tokens import RecordingLinks, TokenCodec  # noqa: E402
 
 CAPTURES = Path(__file__).parents[1] / "fs_crm" / "sim" / "captures" / "cdr"

@@ -24,8 +24,8 @@ CRED = ("freeswitch", "cdr-secret")
 
 @pytest.fixture(autouse=True)
 def quick_replay(monkeypatch):
-    monkeypatch.setattr("fs_crm.cdr_intake.SETTLE", 0.5)
-    monkeypatch.setattr("fs_crm.cdr_intake.CHECK_EVERY", 0.1)
+    monkeypatch.setattr("fs_crm.freeswitch.cdr_intake.SETTLE", 0.5)
+    monkeypatch.setattr("fs_crm.freeswitch.cdr_intake.CHECK_EVERY", 0.1)
 
 
 @contextlib.contextmanager

@@ -11,9 +11,9 @@ import pytest
 import requests
 from e2e import API_KEY, write_toml
 
-from fs_crm.outbox import Outbox
 from fs_crm.sim import free_port
 from fs_crm.sim.calls import RECORDING
+from fs_crm.store.outbox import Outbox
 from recordings.base import content_type_of
 from recordings.local import LocalStore
 from recordings.tokens import TokenCodec, recording_name

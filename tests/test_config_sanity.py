@@ -11,8 +11,8 @@ import pytest
 from e2e import API_KEY, config_table
 
 from fs_crm.config import DeliveryConfig, parse_config
-from fs_crm.crm import CrmClient, CrmError, CrmRejected
-from fs_crm.extension_map import compare
+from fs_crm.crm.client import CrmClient, CrmError, CrmRejected
+from fs_crm.crm.extension_map import compare
 from fs_crm.sim.config import sim_config, to_toml
 from fs_crm.sim.fake_crm import FakeCrm, user
 from fs_crm.sim.fake_freeswitch import FakeFreeswitch

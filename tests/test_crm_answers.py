@@ -17,12 +17,12 @@ import requests
 
 from fs_crm import vocab
 from fs_crm.calls import CallTracker
-from fs_crm.cards import CardSender
 from fs_crm.config import DeliveryConfig, parse_config
-from fs_crm.crm import MANAGER_PATH, UPLOAD_PATH, CrmClient, CrmRejected, CrmUnavailable, EventResult
-from fs_crm.eslparse import parse_event_plain
-from fs_crm.history import HistorySender
-from fs_crm.payloads import CallEvent, CallRecord
+from fs_crm.crm.cards import CardSender
+from fs_crm.crm.client import MANAGER_PATH, UPLOAD_PATH, CrmClient, CrmRejected, CrmUnavailable, EventResult
+from fs_crm.crm.history import HistorySender
+from fs_crm.crm.payloads import CallEvent, CallRecord
+from fs_crm.freeswitch.eslparse import parse_event_plain
 from fs_crm.sim.calls import captured
 from fs_crm.sim.fake_crm import FakeCrm, customer
 
@@ -289,7 +289,7 @@ def test_given_crm_counts_one_call_too_few_when_drained_then_batch_sent_again_an
     fill(outbox, "a", "b", "c")
     fake.undercount_uploads = 1  # stores all three, says it processed two
 
-    with caplog.at_level(logging.WARNING, logger="fs_crm.history"):
+    with caplog.at_level(logging.WARNING, logger="fs_crm.crm.history"):
         assert sender.drain_once(SHOP) == 3
 
     assert uploads(fake) == [["a", "b", "c"], ["a", "b", "c"]]  # the resend comes back as duplicates
@@ -305,7 +305,7 @@ def test_given_crm_drops_a_call_silently_when_drained_then_it_is_set_aside_not_l
     fill(outbox, "a", "b", "c")
     fake.silently_drop = {"b"}
 
-    with caplog.at_level(logging.ERROR, logger="fs_crm.history"):
+    with caplog.at_level(logging.ERROR, logger="fs_crm.crm.history"):
         assert sender.drain_once(SHOP) == 2
 
     assert uploads(fake) == [["a", "b", "c"], ["a", "b", "c"]]
@@ -327,7 +327,7 @@ def test_given_answer_without_count_when_drained_then_delivered_with_a_warning(f
     fill(outbox, "a", "b")
     fake.fail_next(1, 200, body='{"success":true,"duplicateCalls":[]}')
 
-    with caplog.at_level(logging.WARNING, logger="fs_crm.history"):
+    with caplog.at_level(logging.WARNING, logger="fs_crm.crm.history"):
         assert sender.drain_once(SHOP) == 2
 
     assert any("without saying how many" in r.getMessage() and "a, b" in r.getMessage() for r in caplog.records)

@@ -13,7 +13,7 @@ import pytest
 
 from fs_crm import vocab
 from fs_crm.config import AccountConfig, DeliveryConfig
-from fs_crm.crm import (
+from fs_crm.crm.client import (
     Credentials,
     CrmClient,
     CrmError,
@@ -23,7 +23,7 @@ from fs_crm.crm import (
     RateLimiter,
     UploadResult,
 )
-from fs_crm.payloads import CallEvent, CallRecord
+from fs_crm.crm.payloads import CallEvent, CallRecord
 from fs_crm.sim.fake_crm import FakeCrm, customer
 
 SECRET = "sekret-5f3a9c1e-key"
@@ -93,7 +93,7 @@ def test_given_hangup_built_from_payload_when_send_event_then_crm_accepts_no_ans
 
 
 def test_given_unknown_extension_when_send_event_then_not_exist_codes_returned_and_logged(client, caplog):
-    caplog.set_level(logging.WARNING, logger="fs_crm.crm")
+    caplog.set_level(logging.WARNING, logger="fs_crm.crm.client")
 
     result = client.send_event(card(codes=["100", "999"], callExternalId="uuid-77"))
 
@@ -154,7 +154,7 @@ def test_given_codes_and_user_ids_when_send_event_then_both_sent_and_unknown_use
     event = CallEvent(account="shop", type="in", phone="79991234567", codes=("100", "200"), call_id="uuid-5",
                       created_at=0.0, user_ids=(1, 2)).to_api()
     try:
-        with caplog.at_level(logging.WARNING, logger="fs_crm.crm"):
+        with caplog.at_level(logging.WARNING, logger="fs_crm.crm.client"):
             result = client.send_event(event)
     finally:
         client.close()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fs_crm import eslparse
-from fs_crm.eslparse import (
+from fs_crm.freeswitch import eslparse
+from fs_crm.freeswitch.eslparse import (
     MAX_BODY_BYTES,
     MAX_HEADER_BYTES,
     EventParseError,
@@ -21,7 +21,7 @@ from fs_crm.eslparse import (
 )
 
 needs_index = pytest.mark.skipif(eslparse._eslindex is None,
-                                 reason="fs_crm._eslindex not built (no C compiler when installed)")
+                                 reason="fs_crm.freeswitch._eslindex not built (no C compiler when installed)")
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RINGGROUP = (FIXTURES / "pbx" / "in_answered_ringgroup.esl.txt").read_bytes()
@@ -33,7 +33,7 @@ def parse_event_plain(request):
     if request.param == "python":
         return parse_event_plain_python
     if eslparse._eslindex is None:
-        pytest.skip("fs_crm._eslindex not built (no C compiler when installed)")
+        pytest.skip("fs_crm.freeswitch._eslindex not built (no C compiler when installed)")
     return eslparse.parse_event_plain_indexed
 
 

@@ -12,12 +12,12 @@ import gevent.server
 import pytest
 from e2e import make_config
 
-from fs_crm import commands as commands_module
-from fs_crm.commands import BULK, FAST, FreeswitchCommands, lane_of
 from fs_crm.config import RoutingConfig
-from fs_crm.esl import EslConnection
-from fs_crm.eslsession import EslTimeout, EslUnavailable
-from fs_crm.outbound import OutboundServer, SessionTimeout
+from fs_crm.freeswitch import commands as commands_module
+from fs_crm.freeswitch.commands import BULK, FAST, FreeswitchCommands, lane_of
+from fs_crm.freeswitch.eslsession import EslTimeout, EslUnavailable
+from fs_crm.freeswitch.listener import EslConnection
+from fs_crm.freeswitch.outbound import OutboundServer, SessionTimeout
 from fs_crm.sim import wait_for
 from fs_crm.sim.fake_freeswitch import capture_path, frame_event, load_connect_reply, serialize_event
 

@@ -369,7 +369,7 @@ def test_given_command_body_with_ascii_content_length_when_sent_then_read_as_the
     assert c.frame().headers["Reply-Text"].startswith("+OK ")
 
 
-# The fake reads client commands with fs-crm's own Content-Length rule (fs_crm.eslparse).
+# The fake reads client commands with fs-crm's own Content-Length rule (fs_crm.freeswitch.eslparse).
 @pytest.mark.parametrize("value", ["\u00b2", "\u0661\u0662", "+12", "1_0", "-1", "9" * 5000])
 def test_given_command_with_bad_content_length_when_read_then_warning_goodbye_and_closed_without_traceback(
         fake, client, caplog, capsys, value):

@@ -468,7 +468,7 @@ def run_locked(fakes, tmp_path, caplog, monkeypatch, busy_timeout_ms: int, hold_
     """Calls finish while another process holds the outbox locked for `hold_s`, longer than fs-crm's
     busy timeout; /healthz is asked all along. Returns the tally, /healthz latencies and answers."""
     caplog.set_level(logging.INFO)
-    monkeypatch.setattr("fs_crm.outbox.BUSY_TIMEOUT_MS", busy_timeout_ms)  # read when the outbox opens
+    monkeypatch.setattr("fs_crm.store.outbox.BUSY_TIMEOUT_MS", busy_timeout_ms)  # read when the outbox opens
     fs, crm = fakes
     port = free_port()
     latencies: list[float] = []

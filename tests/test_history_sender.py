@@ -9,9 +9,9 @@ from gevent.event import Event
 
 from fs_crm import vocab
 from fs_crm.config import DeliveryConfig
-from fs_crm.crm import CrmRejected, CrmUnavailable, UploadResult
-from fs_crm.history import HistorySender
-from fs_crm.outbox import FILE_NAME, Outbox
+from fs_crm.crm.client import CrmRejected, CrmUnavailable, UploadResult
+from fs_crm.crm.history import HistorySender
+from fs_crm.store.outbox import FILE_NAME, Outbox
 
 ACME = "acme"
 
@@ -300,7 +300,7 @@ def test_given_bad_call_when_set_aside_then_error_logged_with_account_and_extern
     fill(outbox, 1)
     crm.poisoned = {"call-000"}
 
-    with caplog.at_level(logging.ERROR, logger="fs_crm.history"):
+    with caplog.at_level(logging.ERROR, logger="fs_crm.crm.history"):
         make_sender(outbox, {ACME: crm}, clock).drain_once(ACME)
 
     [record] = caplog.records
@@ -354,7 +354,7 @@ def test_given_account_refused_repeatedly_then_error_logged_once_per_streak(outb
     crm.failures = [refused, refused, refused, None, refused]
     sender = make_sender(outbox, {ACME: crm}, clock)
 
-    with caplog.at_level(logging.ERROR, logger="fs_crm.history"):
+    with caplog.at_level(logging.ERROR, logger="fs_crm.crm.history"):
         for _ in range(3):
             sender.drain_once(ACME)
             advance_to_next_due(outbox, clock)
@@ -388,7 +388,7 @@ def test_given_count_one_short_when_drained_then_unconfirmed_calls_resent_once_a
     crm.stored.append("call-001")
     crm.undercount = 1
 
-    with caplog.at_level(logging.WARNING, logger="fs_crm.history"):
+    with caplog.at_level(logging.WARNING, logger="fs_crm.crm.history"):
         assert make_sender(outbox, {ACME: crm}, clock).drain_once(ACME) == 5
 
     # The duplicate is sure; the four others go again and come back as duplicates.
@@ -404,7 +404,7 @@ def test_given_call_never_counted_when_drained_then_set_aside_after_one_resend(o
     crm.dropped = {"call-002"}
     sender = make_sender(outbox, {ACME: crm}, clock)
 
-    with caplog.at_level(logging.ERROR, logger="fs_crm.history"):
+    with caplog.at_level(logging.ERROR, logger="fs_crm.crm.history"):
         assert sender.drain_once(ACME) == 3
 
     assert crm.uploads == [ids(4), ids(4)]
@@ -419,7 +419,7 @@ def test_given_count_higher_than_batch_when_drained_then_delivered_and_logged(ou
     fill(outbox, 3)
     crm.overcount = 2
 
-    with caplog.at_level(logging.WARNING, logger="fs_crm.history"):
+    with caplog.at_level(logging.WARNING, logger="fs_crm.crm.history"):
         assert make_sender(outbox, {ACME: crm}, clock).drain_once(ACME) == 3
 
     assert len(crm.uploads) == 1

@@ -11,8 +11,8 @@ import bottle
 import pytest
 
 from fs_crm.config import HttpConfig
-from fs_crm.http import HttpServer, build_app, redact
 from fs_crm.polling import wait_for
+from fs_crm.web.server import HttpServer, build_app, redact
 
 SECRET = "SECRET-client-id-5d1e"
 
@@ -114,7 +114,7 @@ def test_given_any_request_when_answered_then_query_string_in_no_log_and_not_on_
 
 
 def test_given_malformed_request_when_rejected_then_one_warning_naming_client_and_method_only(server, caplog):
-    caplog.set_level(logging.DEBUG, logger="fs_crm.http")
+    caplog.set_level(logging.DEBUG, logger="fs_crm.web.server")
     exchange(server, ("GET /recordings/x%s HTTP/9.9\r\n\r\n" % q).encode())
 
     [warning] = [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -142,7 +142,7 @@ def test_given_app_error_when_logged_then_traceback_kept_but_query_removed(serve
 
 
 def test_given_client_resets_before_the_400_is_written_then_debug_line_and_nothing_on_stderr(server, caplog, capfd):
-    caplog.set_level(logging.DEBUG, logger="fs_crm.http")
+    caplog.set_level(logging.DEBUG, logger="fs_crm.web.server")
     sock = connect(server)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close() sends a reset
     sock.sendall(("GET /recordings/x%s HTTP/9.9\r\n\r\n" % q).encode())

@@ -13,8 +13,8 @@ from scenarios import ACCOUNT, SCENARIOS, card_outcome, check_history  # noqa: E
 
 from fs_crm.calls import CallTracker  # noqa: E402
 from fs_crm.config import parse_config  # noqa: E402
-from fs_crm.eslparse import parse_event_plain  # noqa: E402
-from fs_crm.payloads import CallEvent, CallRecord  # noqa: E402
+from fs_crm.crm.payloads import CallEvent, CallRecord  # noqa: E402
+from fs_crm.freeswitch.eslparse import parse_event_plain  # noqa: E402
 from fs_crm.sim.config import sim_config  # noqa: E402
 from fs_crm.sim.fake_freeswitch import load_capture  # noqa: E402
 

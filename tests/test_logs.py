@@ -22,7 +22,7 @@ def test_given_crm_down_for_a_while_when_calls_flow_then_the_outage_is_a_few_lin
     monkeypatch.setattr("fs_crm.outages.SUMMARY_INTERVAL", 0.5)
     fs, crm = fakes
     caplog.set_level(logging.INFO)
-    caplog.set_level(logging.DEBUG, logger="fs_crm.cards")
+    caplog.set_level(logging.DEBUG, logger="fs_crm.crm.cards")
     with running_service(fs, crm, state_dir, card_max_age=1.5) as svc:
         crm.set_mode("unavailable")
         calls = [fresh_call("in_answered_ringgroup", "outage%d" % i) for i in range(5)]
@@ -46,7 +46,7 @@ def test_given_a_backlog_when_it_drains_then_progress_and_an_end_line_and_no_lin
         fakes, state_dir, caplog):
     fs, crm = fakes
     caplog.set_level(logging.INFO)
-    caplog.set_level(logging.DEBUG, logger="fs_crm.history")
+    caplog.set_level(logging.DEBUG, logger="fs_crm.crm.history")
     with running_service(fs, crm, state_dir) as svc:
         crm.set_mode("down")
         calls = [fresh_call("in_missed", "backlog%d" % i) for i in range(120)]

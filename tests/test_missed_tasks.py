@@ -9,8 +9,8 @@ import pytest
 from e2e import config_table
 
 from fs_crm.config import ConfigError, MissedCallTasks, parse_config
-from fs_crm.missed_tasks import is_missed, task_for
-from fs_crm.payloads import CallRecord
+from fs_crm.crm.missed_tasks import is_missed, task_for
+from fs_crm.crm.payloads import CallRecord
 from fs_crm.polling import wait_for
 from fs_crm.service import Service
 from fs_crm.sim.calls import first_leg, fresh_call

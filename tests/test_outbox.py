@@ -10,7 +10,7 @@ from pathlib import Path
 import gevent
 import pytest
 
-from fs_crm.outbox import FILE_NAME, SCHEMA_VERSION, Outbox, OutboxError
+from fs_crm.store.outbox import FILE_NAME, SCHEMA_VERSION, Outbox, OutboxError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -248,7 +248,7 @@ def test_given_process_killed_after_adds_returned_when_reopened_then_all_calls_t
     script = textwrap.dedent("""
         import sys, time
         from pathlib import Path
-        from fs_crm.outbox import Outbox
+        from fs_crm.store.outbox import Outbox
         box = Outbox(Path(sys.argv[1]))
         for i in range(int(sys.argv[2])):
             box.add("acme", "call-%d" % i, {"externalId": "call-%d" % i})

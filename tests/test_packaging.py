@@ -133,7 +133,7 @@ def test_sdist_carries_conf_and_license_but_no_test_suite(dists):
         pytest.skip("this venv has no setuptools to build an sdist with")
     with tarfile.open(sdist) as tar:
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
-    assert {"LICENSE", "conf/fs-crm.service", "conf/fs-crm.example.toml", "fs_crm/_eslindex.c"} <= names
+    assert {"LICENSE", "conf/fs-crm.service", "conf/fs-crm.example.toml", "fs_crm/freeswitch/_eslindex.c"} <= names
     assert {"conf/freeswitch/" + p.name for p in (CONF / "freeswitch").glob("*.xml")} <= names
     assert not [n for n in names if n.startswith("tests/") or "/captures/live/" in n]
 

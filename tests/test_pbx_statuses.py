@@ -13,13 +13,13 @@ from e2e import config_table
 
 from fs_crm import vocab
 from fs_crm.config import ConfigError, parse_config
-from fs_crm.eslparse import parse_event_plain
-from fs_crm.pbx_statuses import PbxStatus, StatusEvents, custom_events
+from fs_crm.crm.pbx_statuses import PbxStatus, StatusEvents, custom_events
+from fs_crm.freeswitch.eslparse import parse_event_plain
 from fs_crm.polling import wait_for
 from fs_crm.service import Service
 from fs_crm.sim import free_port
 from fs_crm.sim.fake_freeswitch import FakeFreeswitch, load_capture
-from fs_crm.statuses import status_of_agent
+from fs_crm.web.statuses import status_of_agent
 
 ACCOUNT = {"name": "shop", "crm_url": "https://shop.retailcrm.ru", "api_key": "k", "client_id": "c",
            "domain": "pbx.test", "extensions": {"1": "100", "2": "200"}, "status_from_pbx": True}

@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from fs_crm.config import AccountConfig, DeliveryConfig
-from fs_crm.crm import CrmClient, CrmRejected
-from fs_crm.registration import differences, info_problems, module_payload, public_url_warnings
+from fs_crm.crm.client import CrmClient, CrmRejected
+from fs_crm.crm.registration import differences, info_problems, module_payload, public_url_warnings
 from fs_crm.sim.fake_crm import FakeCrm, _json
 
 SHOP_KEY, OUTLET_KEY = "shop-key-5f3a9c1e", "outlet-key-77d0b2aa"

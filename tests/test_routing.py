@@ -11,16 +11,16 @@ import gevent.event
 import pytest
 from e2e import config_table
 
-from fs_crm.commands import FreeswitchCommands
 from fs_crm.config import RoutingConfig, parse_config
-from fs_crm.crm import MANAGER_PATH, CrmClient
-from fs_crm.outbound import OutboundServer, SessionGone
-from fs_crm.outbox import Outbox
-from fs_crm.routing import DIALPLAN, FALLBACK, HUNG_UP, MANAGER, CallRouter
+from fs_crm.crm.client import MANAGER_PATH, CrmClient
+from fs_crm.freeswitch.commands import FreeswitchCommands
+from fs_crm.freeswitch.outbound import OutboundServer, SessionGone
+from fs_crm.freeswitch.routing import DIALPLAN, FALLBACK, HUNG_UP, MANAGER, CallRouter
 from fs_crm.sim import wait_for
 from fs_crm.sim.fake_crm import customer
 from fs_crm.sim.fake_freeswitch import capture_path, load_connect_reply, renumber_call, url_encode
-from fs_crm.statuses import UserStatuses
+from fs_crm.store.outbox import Outbox
+from fs_crm.web.statuses import UserStatuses
 
 CAPTURE = capture_path("in_socket_route.outbound_socket.txt")
 CHANNEL = load_connect_reply(CAPTURE)
@@ -338,7 +338,7 @@ def test_given_crm_knows_the_customer_when_routed_then_the_bridge_shows_his_name
 
 
 # The CRM's first and last names as a hostile or careless CRM user may have typed them, and what
-# the manager's phone is allowed to get (fs_crm.callerid's rule).
+# the manager's phone is allowed to get (fs_crm.freeswitch.callerid's rule).
 HOSTILE_NAMES = [
     (("Ann", "O'Brien"), "Ann O\u2019Brien"),
     (("Ivan, 100", "}user/200@pbx.test,{x=y"), "Ivan 100 user200pbx.testxy"),

@@ -7,7 +7,7 @@ import time
 import pytest
 from e2e import make_config, spawn_service, write_toml
 
-from fs_crm.eslparse import parse_event_plain
+from fs_crm.freeswitch.eslparse import parse_event_plain
 from fs_crm.polling import wait_for
 from fs_crm.service import Service
 from fs_crm.sim.calls import first_leg, fresh_call, header
@@ -220,7 +220,7 @@ def test_given_kill_9_mid_upload_when_restarted_then_nothing_lost_and_nothing_do
 
 
 def test_given_kill_9_mid_call_when_call_ends_while_down_then_restart_reports_it(fakes, tmp_path):
-    from fs_crm.outbox import Outbox
+    from fs_crm.store.outbox import Outbox
 
     fs, crm = fakes
     state = tmp_path / "state"

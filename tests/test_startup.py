@@ -15,10 +15,10 @@ from e2e import API_KEY, config_table
 
 from fs_crm import sdnotify
 from fs_crm.config import AccountConfig, DeliveryConfig
-from fs_crm.crm import CrmClient, CrmUnavailable
-from fs_crm.outbox import SCHEMA_VERSION, Outbox
+from fs_crm.crm.client import CrmClient, CrmUnavailable
 from fs_crm.sim import free_port
 from fs_crm.sim.config import to_toml
+from fs_crm.store.outbox import SCHEMA_VERSION, Outbox
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "conf" / "fs-crm.service"

@@ -7,8 +7,8 @@ import pytest
 
 from fs_crm.calls import CallTracker, LiveChannel
 from fs_crm.config import parse_config
-from fs_crm.eslparse import iter_frames, parse_event, parse_event_plain
-from fs_crm.payloads import CallEvent, CallRecord
+from fs_crm.crm.payloads import CallEvent, CallRecord
+from fs_crm.freeswitch.eslparse import iter_frames, parse_event, parse_event_plain
 from fs_crm.sim.calls import captured
 from fs_crm.sim.fake_freeswitch import capture_path, load_capture, renumber_call
 

@@ -15,8 +15,8 @@ from fs_crm.calls.history_mapping import (
 )
 from fs_crm.calls.legs import ROLE_EXTENSION, ROLE_EXTERNAL, US, Call, Leg, event_time_us, unique
 from fs_crm.config import AccountConfig
-from fs_crm.eslparse import Event
-from fs_crm.payloads import CallEvent
+from fs_crm.crm.payloads import CallEvent
+from fs_crm.freeswitch.eslparse import Event
 
 logger = logging.getLogger(__name__)
 

@@ -40,8 +40,8 @@ from urllib.parse import unquote
 from fs_crm import vocab
 from fs_crm.calls.tracker import CallTracker
 from fs_crm.config import AccountConfig
-from fs_crm.eslparse import DictEvent, Event
-from fs_crm.payloads import CallRecord
+from fs_crm.crm.payloads import CallRecord
+from fs_crm.freeswitch.eslparse import DictEvent, Event
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import logging
 from fs_crm import vocab
 from fs_crm.calls.legs import ROLE_EXTENSION, ROLE_EXTERNAL, US, Call, Leg, recording_of, talk_us, unique
 from fs_crm.config import AccountConfig
-from fs_crm.payloads import CallRecord
+from fs_crm.crm.payloads import CallRecord
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from fs_crm.calls.legs import (
 )
 from fs_crm.calls.reconcile import LiveChannel
 from fs_crm.config import AccountConfig
-from fs_crm.eslparse import Event
-from fs_crm.payloads import CallEvent, CallRecord
+from fs_crm.crm.payloads import CallEvent, CallRecord
+from fs_crm.freeswitch.eslparse import Event
 
 logger = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ import gevent.event
 from gevent.pywsgi import WSGIServer
 
 from fs_crm import vocab
-from fs_crm.http import NoDelayHandler
 from fs_crm.sim import wait_for
 from fs_crm.sim.config import EXTENSIONS
+from fs_crm.web.server import NoDelayHandler
 
 logger = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ import gevent.queue
 import gevent.server
 import gevent.socket
 
-from fs_crm.eslparse import FrameError, parse_content_length
+from fs_crm.freeswitch.eslparse import FrameError, parse_content_length
 from fs_crm.sim import wait_for
 from fs_crm.vocab import (
     API_RESPONSE,

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import gevent.event
 from gevent.threadpool import ThreadPool
 
-from fs_crm.outbox import Outbox, OutboxError
+from fs_crm.store.outbox import Outbox, OutboxError
 
 
 class OffHubOutbox:

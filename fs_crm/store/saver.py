@@ -17,10 +17,10 @@ from collections.abc import Callable
 import gevent.event
 
 from fs_crm.calls import CallTracker
-from fs_crm.crm import CrmError
+from fs_crm.crm.client import CrmError
+from fs_crm.crm.payloads import CallRecord
 from fs_crm.outages import capped
-from fs_crm.outbox import NewCall, OutboxError
-from fs_crm.payloads import CallRecord
+from fs_crm.store.outbox import NewCall, OutboxError
 from fs_crm.vocab import MAX_CALLS_PER_UPLOAD
 
 logger = logging.getLogger(__name__)

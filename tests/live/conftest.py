@@ -29,7 +29,7 @@ from sipp import Sipp  # noqa: E402
 from fs_crm import vocab  # noqa: E402
 from fs_crm.calls.legs import unique  # noqa: E402
 from fs_crm.config import parse_config  # noqa: E402
-from fs_crm.eslparse import parse_event_plain  # noqa: E402
+from fs_crm.freeswitch.eslparse import parse_event_plain  # noqa: E402
 from fs_crm.polling import wait_for  # noqa: E402
 from fs_crm.service import Service  # noqa: E402
 from fs_crm.sim.config import sim_config  # noqa: E402

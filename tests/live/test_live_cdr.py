@@ -20,8 +20,8 @@ CDR_TABLE = {"user": "freeswitch", "password": "live-cdr-secret", "allow": ["127
 @pytest.fixture(autouse=True)
 def quick_replay(monkeypatch):
     # Settle and check in fractions of a second instead of fs-crm's 15 s and 5 s.
-    monkeypatch.setattr("fs_crm.cdr_intake.SETTLE", 1.0)
-    monkeypatch.setattr("fs_crm.cdr_intake.CHECK_EVERY", 0.2)
+    monkeypatch.setattr("fs_crm.freeswitch.cdr_intake.SETTLE", 1.0)
+    monkeypatch.setattr("fs_crm.freeswitch.cdr_intake.CHECK_EVERY", 0.2)
 
 
 def cdr_service(live, tmp_path, spool: bool) -> Service:

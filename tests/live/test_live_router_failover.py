@@ -13,7 +13,7 @@ from datetime import datetime
 from checks import assert_scenario, finish
 from scenarios import CUSTOMER
 
-from fs_crm.crm import MANAGER_PATH
+from fs_crm.crm.client import MANAGER_PATH
 from fs_crm.polling import wait_for
 
 FAILOVER = "74997777770"

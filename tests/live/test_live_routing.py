@@ -14,7 +14,7 @@ import requests
 from checks import assert_scenario, finish
 from scenarios import CUSTOMER, SCENARIO_CALL_TIMEOUT
 
-from fs_crm.crm import MANAGER_PATH
+from fs_crm.crm.client import MANAGER_PATH
 from fs_crm.polling import wait_for
 from fs_crm.sim.fake_crm import customer
 
@@ -87,7 +87,7 @@ def test_given_responsible_manager_answers_when_he_hangs_up_then_call_is_his_and
     assert record["code"] == "100"
 
 
-# The CRM's names as they are, and as fs_crm.callerid lets them through to FreeSWITCH.
+# The CRM's names as they are, and as fs_crm.freeswitch.callerid lets them through to FreeSWITCH.
 @pytest.mark.parametrize("first,last,shown", [
     ("Иван", "Петров", "Иван Петров"),
     ('Ольга "Оля"', "О'Нил, ${system(id)} {x}^^:", "Ольга Оля О’Нил systemid x"),

@@ -20,7 +20,7 @@ import gevent
 import gevent.event
 
 from fs_crm.config import DeliveryConfig, StorageConfig
-from fs_crm.outbox import Outbox, OutboxError, RecordingJob
+from fs_crm.store.outbox import Outbox, OutboxError, RecordingJob
 from recordings.base import RecordingNotFound, RecordingStore, StorageUnavailable
 from recordings.tokens import RecordingLinks
 

@@ -25,8 +25,8 @@ import gevent.event
 from fs_crm.calls import CallTracker
 from fs_crm.calls.cdr import CdrError, CdrLeg, group_calls, missing_legs, parse_cdr, records_from_cdrs
 from fs_crm.config import AccountConfig, CdrConfig
-from fs_crm.outbox import NewCall, OutboxError
-from fs_crm.payloads import CallRecord
+from fs_crm.crm.payloads import CallRecord
+from fs_crm.store.outbox import NewCall, OutboxError
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ as the running application looks at its queue (a bridge does, while the phone ri
 (switch_core_session_dequeue_private_event refuses while CF_EVENT_LOCK is set); `execute`
 sends it on every application.
 
-The connection is the session core (fs_crm.eslsession) in the outbound role, as on the inbound
+The connection is the session core (fs_crm.freeswitch.eslsession) in the outbound role, as on the inbound
 side: every command has a deadline, sends are serialised, a caller that gives up leaves its late
 reply to be dropped, and a closed socket or FreeSWITCH's disconnect notice fails every waiting
 command at once with `SessionGone`.
@@ -45,8 +45,8 @@ import gevent.server
 
 from fs_crm import vocab
 from fs_crm.config import RoutingConfig
-from fs_crm.eslparse import Event, EventParseError, Frame, parse_event_plain
-from fs_crm.eslsession import EslCommandError, EslError, EslSession, EslTimeout, EslUnavailable
+from fs_crm.freeswitch.eslparse import Event, EventParseError, Frame, parse_event_plain
+from fs_crm.freeswitch.eslsession import EslCommandError, EslError, EslSession, EslTimeout, EslUnavailable
 from fs_crm.polling import wait_for
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """The durable call-history queue (SQLite): the only user of sqlite3 in fs-crm.
 
 A finished call is committed here before anything is sent, so history survives a CRM outage, a
-restart, kill -9 and power loss. `HistorySender` (fs_crm.history) drains it into the CRM.
+restart, kill -9 and power loss. `HistorySender` (fs_crm.crm.history) drains it into the CRM.
 
 Per account the queue is strictly FIFO: `due()` stops at the first pending call whose next attempt
 lies in the future, so a call deferred after an outage is never overtaken by a newer one.

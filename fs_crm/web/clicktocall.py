@@ -9,7 +9,7 @@ from the validated config.
 The manager's phone shows the customer's name when the CRM knows the number: the make-call request
 carries no name, so the CRM is asked (the routing's manager lookup, which gives the customer) for
 at most CUSTOMER_LOOKUP_TIMEOUT; a slow or failing CRM only means the phone shows the number. The
-name goes into the command only as fs_crm.callerid made it safe.
+name goes into the command only as fs_crm.freeswitch.callerid made it safe.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
-from fs_crm import callerid
-from fs_crm.commands import FreeswitchCommands
 from fs_crm.config import AccountConfig
-from fs_crm.crm import CrmClient, CrmError
-from fs_crm.eslsession import EslCommandError, EslError
+from fs_crm.crm.client import CrmClient, CrmError
+from fs_crm.freeswitch import callerid
+from fs_crm.freeswitch.commands import FreeswitchCommands
+from fs_crm.freeswitch.eslsession import EslCommandError, EslError
 from fs_crm.phones import parse_phone
 
 logger = logging.getLogger(__name__)

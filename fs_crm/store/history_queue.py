@@ -9,8 +9,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from fs_crm.config import Config
-from fs_crm.outbox import NewCall, RecordingFile
-from fs_crm.payloads import CallRecord
+from fs_crm.crm.payloads import CallRecord
+from fs_crm.store.outbox import NewCall, RecordingFile
 from recordings.base import content_type_of
 from recordings.tokens import RecordingLinks, TokenCodec, load_secret, recording_name
 

@@ -19,8 +19,8 @@ import gevent
 import gevent.lock
 
 from fs_crm.config import FreeswitchConfig
-from fs_crm.esl import EslConnection
-from fs_crm.eslsession import EslCommandError, EslError, EslUnavailable
+from fs_crm.freeswitch.eslsession import EslCommandError, EslError, EslUnavailable
+from fs_crm.freeswitch.listener import EslConnection
 from fs_crm.greenlets import spawn
 
 logger = logging.getLogger(__name__)

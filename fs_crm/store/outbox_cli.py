@@ -13,7 +13,7 @@ import time
 
 from fs_crm.calls.history_mapping import rendered
 from fs_crm.config import Config
-from fs_crm.outbox import FILE_NAME, Outbox, OutboxError, OutboxItem
+from fs_crm.store.outbox import FILE_NAME, Outbox, OutboxError, OutboxItem
 
 
 def run(config: Config, args) -> int:

@@ -1,6 +1,6 @@
 """Routing of incoming calls: who should answer this customer? (the outbound-socket app's logic)
 
-FreeSWITCH hands each incoming call to `OutboundServer` (fs_crm.outbound), which runs
+FreeSWITCH hands each incoming call to `OutboundServer` (fs_crm.freeswitch.outbound), which runs
 `CallRouter.handle`. The caller hears ringback at once; meanwhile retailCRM is asked for the
 customer's responsible manager, which it names only when that manager is free in the CRM. The
 manager is rung when their extension is in the account's map, fs-crm has not been told they are
@@ -11,13 +11,13 @@ deadline (`[routing] manager_timeout`) and every failure means "fallback", never
 With the account's `ignore_status` the CRM is asked for the manager whatever his CRM status, and he
 is rung when his phone is free: registered, and on no call (the service's call tracker knows every
 leg in progress). When the CRM knows the customer, the manager's phone shows the customer's name
-(fs_crm.callerid).
+(fs_crm.freeswitch.callerid).
 
 Nothing the caller controls reaches a FreeSWITCH application argument: the extension comes from the
 account's map, domain, context and fallback are whitelisted when the config loads, and the
 caller's number (checked against a strict pattern, then written in the account's canonical form, so
 `89121234567` is asked about as `79121234567`) is only used as an HTTP query parameter. The CRM's
-name for the customer goes into the bridge only as fs_crm.callerid made it safe.
+name for the customer goes into the bridge only as fs_crm.freeswitch.callerid made it safe.
 """
 
 from __future__ import annotations
@@ -31,15 +31,16 @@ from typing import Callable, Mapping
 
 import gevent
 
-from fs_crm import callerid, vocab
-from fs_crm.commands import FreeswitchCommands
+from fs_crm import vocab
 from fs_crm.config import AccountConfig, RoutingConfig
-from fs_crm.crm import CrmClient, CrmError
-from fs_crm.eslparse import Event
-from fs_crm.eslsession import EslError
-from fs_crm.outbound import OutboundSession, SessionCommandError
+from fs_crm.crm.client import CrmClient, CrmError
+from fs_crm.freeswitch import callerid
+from fs_crm.freeswitch.commands import FreeswitchCommands
+from fs_crm.freeswitch.eslparse import Event
+from fs_crm.freeswitch.eslsession import EslError
+from fs_crm.freeswitch.outbound import OutboundSession, SessionCommandError
 from fs_crm.phones import digits_of
-from fs_crm.statuses import UserStatuses
+from fs_crm.web.statuses import UserStatuses
 
 logger = logging.getLogger(__name__)
 

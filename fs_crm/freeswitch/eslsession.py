@@ -1,8 +1,8 @@
 """The one ESL session core: a TCP connection to FreeSWITCH that sends commands and reads frames.
 
-Every role uses it: the inbound event listener and the command client (fs_crm.esl,
-fs_crm.commands) and the outbound sessions FreeSWITCH opens for the `socket` application
-(fs_crm.outbound). The core owns the socket, the incremental FrameReader (fs_crm.eslparse), one
+Every role uses it: the inbound event listener and the command client (fs_crm.freeswitch.listener,
+fs_crm.freeswitch.commands) and the outbound sessions FreeSWITCH opens for the `socket` application
+(fs_crm.freeswitch.outbound). The core owns the socket, the incremental FrameReader (fs_crm.freeswitch.eslparse), one
 reader greenlet (started through fs_crm.greenlets.spawn, so a crash is logged and closes the session),
 a send lock, the FIFO of commands waiting for their replies, per-command deadlines, and `close()`,
 which fails every waiter at once with the role's "unavailable" error. The roles add what differs:
@@ -16,7 +16,7 @@ reply. Only when FreeSWITCH answers nothing at all for `dead_after` seconds (at 
 command's own deadline) is the connection taken for dead and closed.
 
 greenswitch (freeswitch-esl.md section 7) is not used here. Its InboundESL gave the earlier version
-of fs_crm.esl its shape, but every part that does work is broken for a daemon: its reader spins on
+of fs_crm.freeswitch.listener its shape, but every part that does work is broken for a daemon: its reader spins on
 a socket closed mid-body and URL-decodes an event before splitting it (7.2 #1, #4), `send()` has
 no deadline, no lock and no `sendall` (7.2 #7), pending commands are never released on EOF (#6),
 and `connect()` waits for the greeting without a timeout. What was left of it was its attribute
@@ -35,7 +35,7 @@ import gevent.event
 import gevent.lock
 
 from fs_crm import vocab
-from fs_crm.eslparse import Frame, FrameError, FrameReader
+from fs_crm.freeswitch.eslparse import Frame, FrameError, FrameReader
 from fs_crm.greenlets import spawn
 
 logger = logging.getLogger(__name__)

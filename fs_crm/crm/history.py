@@ -33,14 +33,14 @@ from gevent.pool import Group
 from fs_crm import vocab
 from fs_crm.calls.history_mapping import rendered
 from fs_crm.config import DeliveryConfig
-from fs_crm.crm import CrmError, CrmRejected, CrmUnavailable
+from fs_crm.crm.client import CrmError, CrmRejected, CrmUnavailable
 from fs_crm.greenlets import spawn
 from fs_crm.lasterrors import LastErrors
 from fs_crm.outages import Outage, capped
-from fs_crm.outbox import Outbox, OutboxError, OutboxItem
+from fs_crm.store.outbox import Outbox, OutboxError, OutboxItem
 
 if TYPE_CHECKING:
-    from fs_crm.crm import CrmClient
+    from fs_crm.crm.client import CrmClient
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ SHORT_COUNT_RESENDS = 1
 def is_account_problem(exc: CrmRejected) -> bool:
     """True when the refusal is about the key, account or endpoint, so setting calls aside would be wrong.
 
-    fs_crm.crm decides (it knows the CRM's vocabulary): 401/403/404/405, redirects, HTML pages,
+    fs_crm.crm.client decides (it knows the CRM's vocabulary): 401/403/404/405, redirects, HTML pages,
     a 2xx refusal that names no call, and retailCRM's account messages.
     """
     return exc.account_problem

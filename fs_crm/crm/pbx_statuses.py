@@ -6,7 +6,7 @@ fs-crm hears them on its event socket, from two sources:
 - mod_callcenter's `callcenter::info` with CC-Action agent-status-change, for accounts whose
   status_push is "callcenter" (the agent name is read back through `callcenter_agent`).
 
-No echo loops: UserStatuses decides what is news (fs_crm.statuses.from_pbx): a mod_callcenter
+No echo loops: UserStatuses decides what is news (fs_crm.web.statuses.from_pbx): a mod_callcenter
 status that is the echo of a push fs-crm made from a CRM status, or a status equal to the one
 already known (what the CRM said last: the CRM calling back changeUserStatusUrl after our POST),
 is not sent. The event handler only parses and enqueues; one greenlet records (disk) and one
@@ -27,9 +27,9 @@ import gevent.queue
 
 from fs_crm import vocab
 from fs_crm.config import AccountConfig, DeliveryConfig
-from fs_crm.crm import CrmClient, CrmRejected, CrmUnavailable
-from fs_crm.eslparse import Event
-from fs_crm.statuses import STATUSES, UserStatuses, status_of_agent
+from fs_crm.crm.client import CrmClient, CrmRejected, CrmUnavailable
+from fs_crm.freeswitch.eslparse import Event
+from fs_crm.web.statuses import STATUSES, UserStatuses, status_of_agent
 
 logger = logging.getLogger(__name__)
 

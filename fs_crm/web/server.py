@@ -53,7 +53,7 @@ click-to-call and routing to the responsible manager. The PBX operator configure
 
 def build_app(health: Callable[[], tuple[bool, dict]], *parts: bottle.Bottle) -> bottle.Bottle:
     """The root app: `/healthz` for load balancers and monitoring, the module's logo and account
-    page (see fs_crm.registration), plus each feature's routes."""
+    page (see fs_crm.crm.registration), plus each feature's routes."""
     app = bottle.Bottle()
 
     @app.get("/logo.svg")

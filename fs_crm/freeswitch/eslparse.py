@@ -6,7 +6,7 @@ Content-Length header, and reads each line through a file object, which is slow.
 split first, each value is decoded on its own and only when somebody reads it, duplicate headers
 are kept, and the inner body is separated.
 
-Plain events are indexed by the C extension fs_crm._eslindex when it was built (see setup.py):
+Plain events are indexed by the C extension fs_crm.freeswitch._eslindex when it was built (see setup.py):
 parsing ~200 lines into Python strings was most of the cost of ingestion, and the tracker reads a
 dozen of them. parse_event_plain_python does exactly the same in pure Python; tests hold the two
 to the same results on every captured event and on random damage to them.
@@ -21,7 +21,7 @@ from urllib.parse import unquote
 from fs_crm import vocab
 
 try:
-    from fs_crm import _eslindex
+    from fs_crm.freeswitch import _eslindex
 except ImportError:  # installed where it could not be compiled: the pure-Python parser does the same
     _eslindex = None
 

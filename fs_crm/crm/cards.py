@@ -23,11 +23,11 @@ import gevent.pool
 
 from fs_crm import vocab
 from fs_crm.config import DeliveryConfig
-from fs_crm.crm import CrmClient, CrmRejected, CrmUnavailable
+from fs_crm.crm.client import CrmClient, CrmRejected, CrmUnavailable
+from fs_crm.crm.payloads import CallEvent
 from fs_crm.greenlets import spawn
 from fs_crm.lasterrors import LastErrors
 from fs_crm.outages import Outage
-from fs_crm.payloads import CallEvent
 
 logger = logging.getLogger(__name__)
 

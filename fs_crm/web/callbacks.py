@@ -8,15 +8,15 @@ from urllib.parse import parse_qsl
 
 import bottle
 
-from fs_crm.clicktocall import (
+from fs_crm.config import AccountConfig
+from fs_crm.web.clicktocall import (
     BadRequest,
     CallbackError,
     ClickToCall,
     account_for_client_id,
     manager_extension,
 )
-from fs_crm.config import AccountConfig
-from fs_crm.statuses import STATUSES, UserStatuses
+from fs_crm.web.statuses import STATUSES, UserStatuses
 
 logger = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ from typing import Callable, Mapping
 import gevent
 import gevent.lock
 
-from fs_crm.commands import FreeswitchCommands
 from fs_crm.config import AccountConfig
-from fs_crm.eslsession import EslError
+from fs_crm.freeswitch.commands import FreeswitchCommands
+from fs_crm.freeswitch.eslsession import EslError
 from fs_crm.greenlets import spawn
-from fs_crm.outbox import Outbox, OutboxError
+from fs_crm.store.outbox import Outbox, OutboxError
 
 logger = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ import gevent.queue
 
 from fs_crm import vocab
 from fs_crm.config import AccountConfig, DeliveryConfig, MissedCallTasks
-from fs_crm.crm import CrmClient, CrmRejected, CrmUnavailable
-from fs_crm.payloads import CallRecord, CrmTask
+from fs_crm.crm.client import CrmClient, CrmRejected, CrmUnavailable
+from fs_crm.crm.payloads import CallRecord, CrmTask
 
 logger = logging.getLogger(__name__)
 

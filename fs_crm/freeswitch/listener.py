@@ -1,10 +1,10 @@
 """FreeSWITCH inbound Event Socket: the event listener's connection and its supervisor.
 
-`EslConnection` is the session core (fs_crm.eslsession) in the inbound role: it dials
+`EslConnection` is the session core (fs_crm.freeswitch.eslsession) in the inbound role: it dials
 FreeSWITCH, waits for the auth/request greeting (or the ACL's rude rejection), authenticates, and
 hands every event to `on_event` in the reader greenlet, in wire order. The handler must be pure and
 quick (track, then enqueue); anything slow belongs to the senders. The command client
-(fs_crm.commands) uses the same class with no event handler.
+(fs_crm.freeswitch.commands) uses the same class with no event handler.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import gevent.event
 
 from fs_crm import vocab
 from fs_crm.config import FreeswitchConfig
-from fs_crm.eslparse import Event, EventParseError, Frame, parse_event
-from fs_crm.eslsession import EslAuthError, EslError, EslSession, EslUnavailable
+from fs_crm.freeswitch.eslparse import Event, EventParseError, Frame, parse_event
+from fs_crm.freeswitch.eslsession import EslAuthError, EslError, EslSession, EslUnavailable
 from fs_crm.outages import Outage
 
 logger = logging.getLogger(__name__)
