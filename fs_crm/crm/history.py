@@ -18,7 +18,6 @@ The outbox itself failing (a full state disk) pauses the account's loop with bac
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -33,7 +32,8 @@ from gevent.pool import Group
 from fs_crm import vocab
 from fs_crm.calls.history_mapping import rendered
 from fs_crm.config import DeliveryConfig
-from fs_crm.crm.client import CrmError, CrmRejected, CrmUnavailable
+from fs_crm.crm.answers import CrmRejected, CrmUnavailable
+from fs_crm.crm.upload_outcome import is_account_problem, reason_of, tally
 from fs_crm.greenlets import spawn
 from fs_crm.lasterrors import LastErrors
 from fs_crm.outages import Outage, capped
@@ -60,26 +60,6 @@ JITTER = 0.5
 # After an answer that accounts for fewer calls than were sent (processedCallsCount plus
 # duplicateCalls), the unconfirmed calls are sent again this many times before being set aside.
 SHORT_COUNT_RESENDS = 1
-
-
-def is_account_problem(exc: CrmRejected) -> bool:
-    """True when the refusal is about the key, account or endpoint, so setting calls aside would be wrong.
-
-    fs_crm.crm.client decides (it knows the CRM's vocabulary): 401/403/404/405, redirects, HTML pages,
-    a 2xx refusal that names no call, and retailCRM's account messages.
-    """
-    return exc.account_problem
-
-
-def _reason(exc: CrmError) -> str:
-    """The CRM's own words, for last_error and logs (the account is on the item already)."""
-    text = exc.error_msg or type(exc).__name__
-    if exc.status is not None:
-        text = "HTTP %s: %s" % (exc.status, text)
-    if exc.errors:
-        # A map ({"calls[0][code]": "..."}) or a list (["...", "..."]): both as JSON.
-        text += " " + json.dumps(exc.errors, ensure_ascii=False, default=str)
-    return text
 
 
 def _ids(items: Sequence[OutboxItem]) -> str:
@@ -289,12 +269,12 @@ class HistorySender:
                 result = client.upload_calls([self._payload(item, client) for item in items])
             except CrmUnavailable as exc:
                 self.uploads[account, "unavailable"] += 1
-                self.last_error[account] = _reason(exc)
+                self.last_error[account] = reason_of(exc)
                 self._defer_unavailable(account, rest(items), exc)
                 return accepted, False
             except CrmRejected as exc:
                 self.uploads[account, "refused"] += 1
-                self.last_error[account] = _reason(exc)
+                self.last_error[account] = reason_of(exc)
                 if is_account_problem(exc):
                     self._defer_refused(account, rest(items), exc)
                     return accepted, False
@@ -302,42 +282,23 @@ class HistorySender:
                     self._set_aside(account, items[0], exc)
                 else:
                     logger.info("%s: CRM refused a batch of %d calls (%s); splitting it to find the "
-                                "refused call(s)", account, len(items), _reason(exc))
+                                "refused call(s)", account, len(items), reason_of(exc))
                     parts[0:0] = halves(items, resends)
                 continue
             if kind == first and parts and parts[0][1] == plain:
                 parts[0] = (parts[0][0], bad, parts[0][2])
 
-            # Does the answer account for every call? Duplicates are what the CRM already had (it
-            # deduplicates by externalId), so processedCallsCount + duplicates should be the batch.
-            sent = {item.external_id for item in items}
-            duplicates = set(result.duplicates) & sent
-            strays = [i for i in result.duplicates if i not in sent]
-            if strays:
+            # Does the answer account for every call? Those it does not are sent again, then set aside.
+            counts = tally(items, result)
+            if counts.strays:
                 logger.warning("%s: the CRM reports duplicates that were not in this upload: %s",
-                               account, ", ".join(strays))
-            unconfirmed: list[OutboxItem] = []
-            shortfall = ""
-            if result.processed is None:
-                # A success without a count: the only statement the CRM made is that it worked.
+                               account, ", ".join(counts.strays))
+            if not counts.counted:
                 logger.warning("%s: the CRM accepted %d calls without saying how many it processed: %s",
                                account, len(items), _ids(items))
-            elif result.processed + len(duplicates) != len(items):
-                shortfall = ("the CRM accounted for %d of %d calls (processedCallsCount %d, %d duplicates)"
-                             % (result.processed + len(duplicates), len(items), result.processed,
-                                len(duplicates)))
-                logger.warning("%s: %s: %s", account, shortfall, _ids(items))
-                if result.processed + len(duplicates) < len(items):
-                    # Fewer than sent: a call may be lost, and the count does not say which. Only the
-                    # duplicates are surely there; the others are sent again, which is safe because
-                    # the CRM deduplicates by externalId (UNVERIFIED, but the documented reason for
-                    # duplicateCalls): what it did store comes back as a duplicate, so the resend
-                    # names exactly the missing calls. If it still does not account for them, they
-                    # are set aside (kept, visible, retried with retry_failed) rather than dropped,
-                    # or left pending forever at the head of the account's queue.
-                    unconfirmed = [item for item in items if item.external_id not in duplicates]
-            unsure = {item.external_id for item in unconfirmed}
-            delivered = [item for item in items if item.external_id not in unsure]
+            elif counts.shortfall:
+                logger.warning("%s: %s: %s", account, counts.shortfall, _ids(items))
+            delivered, unconfirmed, shortfall = counts.delivered, counts.unconfirmed, counts.shortfall
             self.uploads[account, "accepted"] += 1
             self.last_success[account] = self._clock()
             if delivered:
@@ -350,9 +311,9 @@ class HistorySender:
             self._outages[account].recovered()
             # While a backlog drains, its progress lines say it; one line per upload would flood.
             log = logger.debug if account in self._backlog else logger.info
-            if duplicates:
+            if counts.duplicates:
                 log("%s: uploaded %d calls (%s); the CRM already had %s", account, len(delivered),
-                    _ids(delivered), capped(sorted(duplicates)))
+                    _ids(delivered), capped(sorted(counts.duplicates)))
             elif delivered:
                 log("%s: uploaded %d calls (%s)", account, len(delivered), _ids(delivered))
             if not unconfirmed:
@@ -397,7 +358,7 @@ class HistorySender:
 
     def _defer_unavailable(self, account: str, items: list[OutboxItem], exc: CrmUnavailable) -> None:
         delay = self.backoff(account)
-        reason = _reason(exc)
+        reason = reason_of(exc)
         self._outbox.defer((item.id for item in items), delay, reason)
         self.calls[account, "deferred"] += len(items)
         self._outages[account].failed(reason, lambda: "%d+ calls wait, next try in %.0f s" % (len(items), delay))
@@ -405,7 +366,7 @@ class HistorySender:
 
     def _defer_refused(self, account: str, items: list[OutboxItem], exc: CrmRejected) -> None:
         delay = self._jittered(self._delivery.retry_max_delay)
-        reason = _reason(exc)
+        reason = reason_of(exc)
         self._outbox.defer((item.id for item in items), delay, reason)
         self.calls[account, "deferred"] += len(items)
         if account in self._refused:
@@ -418,7 +379,7 @@ class HistorySender:
                      self._delivery.retry_max_delay, _ids(items))
 
     def _set_aside(self, account: str, item: OutboxItem, exc: CrmRejected) -> None:
-        reason = _reason(exc)
+        reason = reason_of(exc)
         self._outbox.set_aside(item.id, reason)
         self.calls[account, "set_aside"] += 1
         logger.error("%s: CRM refused call %s (%s); set aside: fix the cause (often the config: codes, stores), "
