@@ -108,6 +108,9 @@ V_CRM_RECORDING = "variable_crm_recording_path"
 V_CRM_EXTENSION = "variable_crm_extension"
 # mod_callcenter's agent legs: the caller's leg (the queue member).
 V_CC_MEMBER_SESSION = "variable_cc_member_session_uuid"
+# mod_fifo's outbound members' legs: the caller it picked for them, from their CHANNEL_CREATE on
+# (mod_fifo originates them itself, so they carry no originating_leg_uuid).
+V_FIFO_BRIDGE_UUID = "variable_fifo_bridge_uuid"
 # RECORD_STOP completion causes after which FreeSWITCH deleted (or never wrote) the file.
 RECORD_DISCARD_CAUSES = frozenset({"empty-file", "input-too-short", "uri-failure"})
 

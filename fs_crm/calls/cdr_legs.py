@@ -45,6 +45,7 @@ V_RECORD_COMPLETION = "record_completion_cause"
 VAR_PREFIX = "variable_"  # what an event calls a channel variable
 V_ORIGINATING_LEG = vocab.V_ORIGINATING_LEG.removeprefix(VAR_PREFIX)
 V_CC_MEMBER_SESSION = vocab.V_CC_MEMBER_SESSION.removeprefix(VAR_PREFIX)
+V_FIFO_BRIDGE_UUID = vocab.V_FIFO_BRIDGE_UUID.removeprefix(VAR_PREFIX)
 V_CRM_RECORDING = vocab.V_CRM_RECORDING.removeprefix(VAR_PREFIX)
 V_DIALED_USER = vocab.V_DIALED_USER.removeprefix(VAR_PREFIX)
 V_DIALED_DOMAIN = vocab.V_DIALED_DOMAIN.removeprefix(VAR_PREFIX)
@@ -88,8 +89,9 @@ class CdrLeg:
 
     def links(self) -> list[str]:
         """Every other leg this one names: the legs it may share a call with."""
-        names = [self.variables.get(n) for n in (V_ORIGINATING_LEG, V_CC_MEMBER_SESSION, V_BRIDGE_UUID,
-                                                  V_LAST_BRIDGE_TO, V_SIGNAL_BOND, "call_uuid", "originator")]
+        names = [self.variables.get(n) for n in (V_ORIGINATING_LEG, V_CC_MEMBER_SESSION, V_FIFO_BRIDGE_UUID,
+                                                  V_BRIDGE_UUID, V_LAST_BRIDGE_TO, V_SIGNAL_BOND, "call_uuid",
+                                                  "originator")]
         for profile in self.profiles:
             names.extend(profile.originators + profile.originatees)
         names.extend(_array_uuids(self.variables.get(V_ORIGINATED_LEGS, "")))
@@ -98,7 +100,7 @@ class CdrLeg:
     def parents(self) -> list[str]:
         """The legs without whose CDR this one's call is not complete: the one that originated it,
         the queue caller it rang for, the legs it was bridged to."""
-        names = [self.variables.get(V_ORIGINATING_LEG), self.variables.get(V_CC_MEMBER_SESSION)]
+        names = [self.variables.get(n) for n in (V_ORIGINATING_LEG, V_CC_MEMBER_SESSION, V_FIFO_BRIDGE_UUID)]
         names.extend(bridge_partner(self, i, {}) for i, profile in enumerate(self.profiles)
                      if profile.time("bridged_time"))
         for profile in self.profiles:

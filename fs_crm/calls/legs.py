@@ -36,10 +36,6 @@ HELPER_ENDPOINTS = ("loopback/", "pickup/", "error/")
 # the leg that runs the dialplan: the customer's coming in, the manager's phone going out).
 _MARK_EVENTS = frozenset({vocab.CHANNEL_ANSWER, vocab.CHANNEL_BRIDGE, vocab.CHANNEL_PROGRESS_MEDIA,
                           vocab.CHANNEL_HANGUP, vocab.CHANNEL_HANGUP_COMPLETE})
-# mod_fifo rings a queue's outbound members with originates of its own (no originating_leg_uuid),
-# after it picked the caller they are for: that caller's uuid is in this variable of the member
-# legs from their CHANNEL_CREATE on (as mod_callcenter's cc_member_session_uuid).
-V_FIFO_BRIDGE_UUID = "variable_fifo_bridge_uuid"
 
 
 # slots: a flood of calls in progress costs memory per leg; a slotted leg is a third of a dict-backed one.
@@ -122,7 +118,7 @@ def leg_for(calls: dict[str, Call], leg_call: dict[str, str], uuid: str, event: 
     # mod_callcenter and mod_fifo ring agents with originates of their own: those legs name the caller
     # only in cc_member_session_uuid or fifo_bridge_uuid (until the bridge).
     candidates = [event.get(vocab.V_ORIGINATING_LEG), event.get(vocab.V_CC_MEMBER_SESSION),
-                  event.get(V_FIFO_BRIDGE_UUID)]
+                  event.get(vocab.V_FIFO_BRIDGE_UUID)]
     if event.get(vocab.H_OTHER_TYPE) == "originator":
         candidates.append(event.get(vocab.H_OTHER_LEG_UUID))
     candidates.append(event.get(vocab.H_CALL_UUID))

@@ -4,6 +4,7 @@ every directory in a temp dir, started as a child process and stopped afterwards
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -42,6 +43,26 @@ def free_port() -> int:
                 except OSError:
                     continue
             return port
+
+
+def free_media_port() -> int:
+    """A base for SIPp's -mp: SIPp binds it and the next three UDP ports (audio, then video at +2),
+    and checks none of them but the first against its neighbours. The band sits below the kernel's
+    ephemeral range, so no free_port() of another party can take a neighbour after the check."""
+    while True:
+        base = random.randrange(10000, 19996, 4)
+        sockets = []
+        try:
+            for port in range(base, base + 4):
+                udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sockets.append(udp)
+                udp.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for udp in sockets:
+                udp.close()
+        return base
 
 
 @dataclass

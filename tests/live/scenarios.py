@@ -128,6 +128,19 @@ SCENARIOS: dict[str, Expected] = {
                (HANGUP, ("300",), "answered")),
         history={"type": "in", "result": "answered", "code": "300", "userId": 3, "phone": CUSTOMER},
         talk=4, waiting=5),
+    # mod_fifo's queue (74996666661): fifo answers the customer at once (hold music) and, within
+    # a second (its outbound thread polls once a second), rings both members, 200 and 300, itself;
+    # 300 answers after 1.5 s and the customer hangs up 5 s after fifo answered. Time in the
+    # queue is waiting time; the call is 300's and 200's card closes as taken elsewhere.
+    "queue_fifo_answered": Expected(
+        cards=((IN, ("200", "300"), None), (HANGUP, ("200",), "cancel"), (HANGUP, ("300",), "answered")),
+        history={"type": "in", "result": "answered", "code": "300", "userId": 3, "phone": CUSTOMER},
+        talk=3, waiting=2),
+    # The same queue; 200 and 300 ring; the customer leaves after 4 s: missed.
+    "queue_fifo_abandoned": Expected(
+        cards=((IN, ("200", "300"), None), (HANGUP, ("200", "300"), "no answered")),
+        history={"type": "in", "result": "no answer", "phone": CUSTOMER},
+        talk=0, waiting=4),
     # 300 answers after 1 s and talks 2 s; meanwhile a consultation call reaches 200 (1 s ringing,
     # 2 s talking); then the customer is put through to 200 until 8 s after the answer (about 3 s).
     # Talk is every second the customer spoke to a manager (about 7 s: 300 stays on the line during

@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from pbx import DOMAIN, PHONE_PASSWORDS, LivePbx, free_port
+from pbx import DOMAIN, PHONE_PASSWORDS, LivePbx, free_media_port, free_port
 
 SCENARIOS = Path(__file__).parent / "sipp"
 SIPP = "sipp"
@@ -103,7 +103,7 @@ class Sipp:
         command = [SIPP] + ([remote] if remote else []) + [
             "-sf", str(path), "-i", "127.0.0.1", "-p", str(port), "-m", str(calls), "-nostdin",
             "-timeout", "90s", "-timeout_error", "-max_recv_loops", "1000",
-            "-mp", str(free_port()),  # the media port SIPp announces; no media flows
+            "-mp", str(free_media_port()),  # the media ports SIPp binds and announces; no media flows
             "-trace_err", "-error_file", str(self.workdir / ("%s-errors.log" % name)),
             "-trace_msg", "-message_file", str(self.workdir / ("%s-messages.log" % name)),
         ]
