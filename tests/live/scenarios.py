@@ -87,6 +87,14 @@ SCENARIOS: dict[str, Expected] = {
         cards=((IN, ("100",), None), (HANGUP, ("100",), "answered")),
         history={"type": "in", "result": "answered", "code": "100", "userId": 1, "phone": CUSTOMER},
         talk=3, waiting=2),
+    # Follow-me: 100's desk phone rings 3 s (call_timeout), then his mobile rings 1 s and answers.
+    # Both legs are 100's phones, each with its own ring: a card while the desk rings (closed as not
+    # answered when follow-me moves on), another while the mobile rings; he answered the call.
+    "follow_me_to_mobile": Expected(
+        cards=((IN, ("100",), None), (HANGUP, ("100",), "no answered"), (IN, ("100",), None),
+               (HANGUP, ("100",), "answered")),
+        history={"type": "in", "result": "answered", "code": "100", "userId": 1, "phone": CUSTOMER},
+        talk=3, waiting=4),
     # 300 answers after 1 s and talks 2 s, then the customer is transferred to 200, who rings 1 s
     # and talks 3 s: talk is both conversations, the call is 200's (the last one the customer
     # talked to), and each phone had its own card.

@@ -99,6 +99,15 @@ def test_given_call_forwarded_to_managers_mobile_then_that_manager_answered(live
     assert_scenario(live, "forward_to_mobile")
 
 
+def test_given_follow_me_when_desk_phone_rings_out_and_mobile_answers_then_that_manager_answered(live):
+    live.capture_as("follow_me_to_mobile")
+    desk = live.phones.phone("100", "ring")
+    mobile = live.phones.carrier("answer", ring_ms=1000)
+    customer = live.phones.customer_calls("74992222222", CUSTOMER, talk_ms=3000)
+    finish(live, customer, desk, mobile)
+    assert_scenario(live, "follow_me_to_mobile")
+
+
 
 
 
