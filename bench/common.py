@@ -1,6 +1,7 @@
-"""Helpers shared by the benchmarks: machine banner, percentiles, configs, renumbered real calls.
+"""Helpers shared by the benchmarks: machine banner, percentiles, configs, renumbered real calls, and
+the command side of the stand-in switches' event socket.
 
-Pure helpers only (no sockets, no monkey-patching): each benchmark patches gevent itself before
+No servers, no monkey-patching: each benchmark patches gevent itself before
 importing this module, so whatever this imports is already patched.
 """
 
@@ -14,6 +15,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import gevent
 import greenlet
@@ -165,3 +167,46 @@ def rss_kib() -> int:
     except (OSError, IndexError, ValueError):
         pass
     return 0
+
+
+# --- the stand-in switches' event socket ----------------------------------------------------------
+def esl_reply(text: str) -> bytes:
+    return ("Content-Type: command/reply\nReply-Text: %s\n\n" % text).encode()
+
+
+def esl_api_response(text: str) -> bytes:
+    body = text.encode()
+    return b"Content-Type: api/response\nContent-Length: %d\n\n%s" % (len(body), body)
+
+
+def answer_esl_commands(recv: Callable[[int], bytes], send: Callable[[bytes], None],
+                        on_subscribed: Callable[[], None]) -> None:
+    """What a FreeSWITCH inbound event socket answers to fs-crm (or greenswitch) until the client
+    leaves: the auth banner, auth, `event` (then on_subscribed, which may stream events at once), an
+    empty `show channels`, +OK to other api/bgapi commands. Events are the caller's business."""
+    send(b"Content-Type: auth/request\n\n")
+    buffer = b""
+    while True:
+        while b"\n\n" not in buffer:
+            data = recv(65536)
+            if not data:
+                return
+            buffer += data
+        command, _, buffer = buffer.partition(b"\n\n")
+        line = command.split(b"\n", 1)[0].decode(errors="replace").strip()
+        if line.startswith("auth "):
+            send(esl_reply("+OK accepted" if line[5:] == PASSWORD else "-ERR invalid"))
+        elif line.startswith("event "):
+            send(esl_reply("+OK event listener enabled plain"))
+            on_subscribed()
+        elif line == "api show channels as json":
+            send(esl_api_response('{"row_count": 0}\n'))
+        elif line.startswith("api "):
+            send(esl_api_response("+OK\n"))
+        elif line.startswith("bgapi "):
+            send(esl_reply("+OK Job-UUID: %s" % uuid.uuid4()))
+        elif line.startswith("exit"):
+            send(esl_reply("+OK bye"))
+            return
+        else:
+            send(esl_reply("+OK"))

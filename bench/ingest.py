@@ -46,6 +46,7 @@ import gevent.server  # noqa: E402
 from common import (  # noqa: E402
     PASSWORD,
     SCENARIOS,
+    answer_esl_commands,
     banner,
     config_table,
     figure,
@@ -154,39 +155,13 @@ class Blaster:
 
     def _handle(self, sock: socket.socket, _address: tuple) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(b"Content-Type: auth/request\n\n")
-        buffer = b""
-        while True:
-            while b"\n\n" not in buffer:
-                data = sock.recv(65536)
-                if not data:
-                    return
-                buffer += data
-            command, _, buffer = buffer.partition(b"\n\n")
-            line = command.split(b"\n", 1)[0].decode()
-            if line.startswith("auth "):
-                sock.sendall(_reply("+OK accepted" if line[5:] == PASSWORD else "-ERR invalid"))
-            elif line.startswith("event "):
-                sock.sendall(_reply("+OK event listener enabled plain"))
-                self._blast(sock)
-            elif line == "api show channels as json":
-                body = b'{"row_count": 0}\n'
-                sock.sendall(b"Content-Type: api/response\nContent-Length: %d\n\n%s" % (len(body), body))
-            elif line.startswith("exit"):
-                sock.sendall(_reply("+OK bye"))
-                return
-            else:
-                sock.sendall(_reply("-ERR command not found"))
+        answer_esl_commands(sock.recv, sock.sendall, lambda: self._blast(sock))
 
     def _blast(self, sock: socket.socket) -> None:
         view = memoryview(self.stream)
         self.first_byte_at = time.perf_counter()
         for start in range(0, len(view), CHUNK):
             sock.sendall(view[start:start + CHUNK])
-
-
-def _reply(text: str) -> bytes:
-    return ("Content-Type: command/reply\nReply-Text: %s\n\n" % text).encode()
 
 
 # --- the clients ------------------------------------------------------------------------------

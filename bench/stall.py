@@ -79,8 +79,8 @@ import gevent.monkey  # noqa: E402
 from common import (  # noqa: E402
     ACCOUNT,
     API_KEY,
-    PASSWORD,
     SCENARIOS,
+    answer_esl_commands,
     banner,
     config_table,
     figure,
@@ -168,15 +168,6 @@ class CallTemplate:
 # --freeswitch: the ESL server (plain threads). stdin: `open N`, `flow RATE SECONDS`; stdout: answers.
 # ================================================================================================
 
-def _reply(text: str) -> bytes:
-    return ("Content-Type: command/reply\nReply-Text: %s\n\n" % text).encode()
-
-
-def _api_response(text: str) -> bytes:
-    body = text.encode()
-    return b"Content-Type: api/response\nContent-Length: %d\n\n%s" % (len(body), body)
-
-
 class Pbx:
     def __init__(self) -> None:
         self.server = socket.create_server(("127.0.0.1", 0))
@@ -197,34 +188,12 @@ class Pbx:
             with lock:
                 sock.sendall(data)
 
+        def subscribed() -> None:
+            self._events = (sock, lock)
+            self.subscribed.set()
+
         try:
-            send(b"Content-Type: auth/request\n\n")
-            buffer = b""
-            while True:
-                while b"\n\n" not in buffer:
-                    data = sock.recv(65536)
-                    if not data:
-                        return
-                    buffer += data
-                command, _, buffer = buffer.partition(b"\n\n")
-                line = command.split(b"\n", 1)[0].decode(errors="replace").strip()
-                if line.startswith("auth "):
-                    send(_reply("+OK accepted" if line[5:] == PASSWORD else "-ERR invalid"))
-                elif line.startswith("event "):
-                    send(_reply("+OK event listener enabled plain"))
-                    self._events = (sock, lock)
-                    self.subscribed.set()
-                elif line == "api show channels as json":
-                    send(_api_response('{"row_count": 0}\n'))
-                elif line.startswith("api "):
-                    send(_api_response("+OK\n"))
-                elif line.startswith("bgapi "):
-                    send(_reply("+OK Job-UUID: %s" % uuid.uuid4()))
-                elif line.startswith("exit"):
-                    send(_reply("+OK bye"))
-                    return
-                else:
-                    send(_reply("+OK"))
+            answer_esl_commands(sock.recv, send, subscribed)
         except OSError:
             return
         finally:
