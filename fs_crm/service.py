@@ -106,7 +106,7 @@ class Service:
         # Optional per-account features, off by default: statuses set on the PBX go to the CRM,
         # missed incoming calls become CRM tasks.
         self.pbx_statuses = PbxStatusReporter(accounts, self.statuses, self.clients, config.delivery)
-        self.missed_tasks = MissedCallTasker(accounts, self.clients, config.delivery)
+        self.missed_tasks = MissedCallTasker(accounts, self.clients, config.delivery, marks=self.outbox)
         self.store: RecordingStore | None = None
         self.recordings: RecordingUploader | None = None
         parts = [make_callbacks_app(self.click_to_call, self.statuses, accounts), self.metrics.make_app()]

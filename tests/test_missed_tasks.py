@@ -151,7 +151,8 @@ def test_given_ring_group_missed_without_manager_when_performer_set_then_task_fo
         assert crm.tasks[0]["performerId"] == 1
     crm.tasks.clear()
     with running(fs, crm, state_dir) as svc:
-        fs.play(fresh_call("in_missed", "mt-4"))
+        # Another customer: the first one got his task within the hour, which a restart remembers.
+        fs.play(from_customer(fresh_call("in_missed", "mt-4"), "79125550004"))
         assert crm.wait_for(lambda: len(crm.calls) == 2, timeout=10)
         assert wait_for(lambda: svc.missed_tasks.without_performer == 1, timeout=10)
     assert crm.tasks == []
@@ -173,6 +174,24 @@ def test_given_two_missed_calls_from_one_customer_within_the_hour_then_one_task_
         # The task and the history of the last call come from two senders: wait for both.
         assert crm.wait_for(lambda: len(crm.calls) == 4, timeout=10)  # every call's history, whatever the tasks
     assert [(t["phone"], t["performerId"]) for t in crm.tasks] == [(CUSTOMER, 1), ("79125550000", 1), (CUSTOMER, 1)]
+
+
+def test_given_a_task_made_when_fs_crm_restarts_then_the_customers_next_missed_call_within_the_hour_makes_none(
+        fakes, state_dir):
+    fs, crm = fakes
+    with running(fs, crm, state_dir, performer=1):
+        fs.play(fresh_call("in_missed", "mt-20"))
+        assert crm.wait_for(lambda: len(crm.tasks) == 1, timeout=10)
+    with running(fs, crm, state_dir, performer=1) as svc:
+        fs.play(fresh_call("in_busy", "mt-21", starts_at=time.time() + 600))  # ten minutes later
+        marker = from_customer(fresh_call("in_missed", "mt-22"), "79125550002")
+        fs.play(marker)
+        # One worker judges the calls in the order they ended: once the marker's task exists, the
+        # customer's second call has been judged.
+        assert crm.wait_for(lambda: len(crm.tasks) == 2, timeout=10)
+        assert svc.missed_tasks.skipped == 1
+        assert crm.wait_for(lambda: len(crm.calls) == 3, timeout=10)
+    assert [t["phone"] for t in crm.tasks] == [CUSTOMER, "79125550002"]
 
 
 def test_given_answered_call_when_it_ends_then_no_task(fakes, state_dir):

@@ -7,9 +7,11 @@ and creates the task for him; without one, for the manager the call rang (the ac
 map), else for the account's `performer`, else nobody. CrmUnavailable is retried a few times, a
 refusal is logged; either way the call's history is not touched.
 
-At most one task per customer (phone) per hour, by the calls' own start times. Which calls already
-made one is kept in memory only: a restart forgets it, so a customer who called just before and
-again just after a restart can get a second task.
+At most one task per customer (phone) per hour, by the calls' own start times. The worker decides
+it, in the order the calls ended; each task made is also marked in the outbox file
+(`missed_task_marks`), which the worker reads before its first call, so a restart does not make a
+second task within the hour. A task created just before a crash, whose mark was not written yet,
+can still be made twice.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from fs_crm import vocab
 from fs_crm.config import AccountConfig, DeliveryConfig, MissedCallTasks
 from fs_crm.crm.client import CrmClient, CrmRejected, CrmUnavailable
 from fs_crm.crm.payloads import CallRecord, CrmTask
+from fs_crm.store.outbox import OutboxError
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +40,8 @@ MAX_ATTEMPTS = 5
 QUEUE_SIZE = 1000
 # Customers remembered at most (the oldest are forgotten first); an hour of calls on a big PBX.
 REMEMBERED = 50_000
+# Marks older than this before the newest go: calls replayed late (CDRs) may be hours old.
+MARKS_KEPT_FOR = 24 * 3600
 TASK_DATETIME = "%Y-%m-%d %H:%M"  # the PHP client's DateTime<'Y-m-d H:i'> for Task.datetime
 
 
@@ -84,11 +89,15 @@ class _Job:
 
 
 class MissedCallTasker:
+    """marks: the outbox (through OffHubOutbox: the worker is a greenlet), or None to remember in
+    memory only."""
+
     def __init__(self, accounts: Mapping[str, AccountConfig], clients: Mapping[str, CrmClient],
-                 delivery: DeliveryConfig, *, lookup_timeout: float = 5.0,
+                 delivery: DeliveryConfig, *, marks=None, lookup_timeout: float = 5.0,
                  rng: Callable[[], float] = random.random):
         self.accounts = {name: a for name, a in accounts.items() if a.missed_call_tasks is not None}
         self.clients = clients
+        self.marks = marks
         self.delivery = delivery
         self.lookup_timeout = lookup_timeout
         self._rng = rng
@@ -116,23 +125,15 @@ class MissedCallTasker:
             logger.warning("call %s account %s: unreadable date %r; no task", record.external_id, record.account,
                            record.date)
             return
-        key = (record.account, record.phone)
-        last = self._last.get(key)
-        if last is not None and abs(at - last) < ONE_TASK_PER_SECONDS:
-            self.skipped += 1
-            logger.info("call %s account %s: missed call from %s, who got a task for a call %.0f min apart; "
-                        "no second task within the hour", record.external_id, record.account, record.phone,
-                        abs(at - last) / 60)
-            return
-        self._remember(key, at)
         try:
-            self._queue.put_nowait(_Job(record, account, account.missed_call_tasks, key, at))
+            self._queue.put_nowait(_Job(record, account, account.missed_call_tasks, (record.account, record.phone),
+                                        at))
         except gevent.queue.Full:
-            self._forget(key, at)
             logger.warning("call %s account %s: %d missed-call tasks waiting for the CRM already; no task for "
                            "this one", record.external_id, record.account, QUEUE_SIZE)
 
     def run(self) -> None:
+        self._load_marks()
         while not self._stopping.is_set():
             try:
                 job = self._queue.get(timeout=0.5)
@@ -140,7 +141,8 @@ class MissedCallTasker:
                 continue
             if job is None:
                 break
-            self._deliver(job)
+            if self._first_within_the_hour(job):
+                self._deliver(job)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -172,6 +174,7 @@ class MissedCallTasker:
                 task = task_for(record, job.account, job.settings, performer, customer_id)
                 task_id = client.create_task(task.to_api())
                 self.created += 1
+                self._save_mark(job)
                 logger.info("call %s account %s: missed call from %s: task %s created for user %d",
                             record.external_id, record.account, record.phone, task_id or "(no id)", performer)
                 return
@@ -213,6 +216,39 @@ class MissedCallTasker:
         return job.record.user_id or job.settings.performer
 
     # --- one task per customer per hour ---------------------------------------------------------
+    def _first_within_the_hour(self, job: _Job) -> bool:
+        last = self._last.get(job.key)
+        if last is not None and abs(job.at - last) < ONE_TASK_PER_SECONDS:
+            self.skipped += 1
+            logger.info("call %s account %s: missed call from %s, who got a task for a call %.0f min apart; "
+                        "no second task within the hour", job.record.external_id, job.record.account,
+                        job.record.phone, abs(job.at - last) / 60)
+            return False
+        self._remember(job.key, job.at)
+        return True
+
+    def _load_marks(self) -> None:
+        if self.marks is None:
+            return
+        try:
+            marks = self.marks.missed_task_marks(REMEMBERED)
+        except OutboxError as exc:
+            logger.warning("missed-call tasks made before the restart cannot be read (%s): a customer who got "
+                           "one within the hour may get a second", exc)
+            return
+        for account, phone, at in marks:
+            self._remember((account, phone), at)
+
+    def _save_mark(self, job: _Job) -> None:
+        if self.marks is None:
+            return
+        try:
+            self.marks.mark_missed_task(job.record.account, job.record.phone, job.at, MARKS_KEPT_FOR)
+        except OutboxError as exc:
+            logger.warning("call %s account %s: the task is made, but not marked in the outbox (%s): after a "
+                           "restart within the hour this customer may get a second one", job.record.external_id,
+                           job.record.account, exc)
+
     def _remember(self, key: tuple[str, str], at: float) -> None:
         self._last[key] = at
         self._last.move_to_end(key)

@@ -1,6 +1,6 @@
 """What the service keeps in the outbox file besides the history queue, so that a restart resumes
-where it stopped: the calls in progress, CDRs posted by mod_json_cdr, named JSON documents, and the
-user statuses the CRM last sent."""
+where it stopped: the calls in progress, CDRs posted by mod_json_cdr, named JSON documents, the
+user statuses the CRM last sent, and which customers got a missed-call task."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from fs_crm.store.schema import LEGACY_CALLS_IN_PROGRESS
 
 
 class ServiceState(OutboxDb):
-    """The outbox's tables of service state: calls_in_progress, cdr_legs, state and user_status."""
+    """The outbox's tables of service state: calls_in_progress, cdr_legs, state, user_status and
+    missed_task_marks."""
 
     # --- calls in progress and finished calls, saved together ----------------------------------------
 
@@ -113,4 +114,22 @@ class ServiceState(OutboxDb):
         with self._read("user_statuses") as db:
             rows = db.execute("SELECT account, extension, status FROM user_status").fetchall()
         return {(account, extension): status for account, extension, status in rows}
+
+    # --- missed-call tasks: one per customer an hour, across restarts --------------------------------
+
+    def mark_missed_task(self, account: str, phone: str, call_at: float, keep_for: float) -> None:
+        """The customer got a task for the call that started at call_at; marks older than keep_for
+        seconds before it go."""
+        with self._write("mark_missed_task %s" % account) as db:
+            db.execute("INSERT INTO missed_task_marks (account, phone, call_at) VALUES (?, ?, ?)"
+                       " ON CONFLICT (account, phone) DO UPDATE SET call_at = MAX(call_at, excluded.call_at)",
+                       (account, phone, call_at))
+            db.execute("DELETE FROM missed_task_marks WHERE call_at < ?", (call_at - keep_for,))
+
+    def missed_task_marks(self, limit: int) -> list[tuple[str, str, float]]:
+        """(account, phone, call start) of the newest tasks, oldest first."""
+        with self._read("missed_task_marks") as db:
+            rows = db.execute("SELECT account, phone, call_at FROM missed_task_marks ORDER BY call_at DESC LIMIT ?",
+                              (limit,)).fetchall()
+        return [(account, phone, call_at) for account, phone, call_at in reversed(rows)]
 

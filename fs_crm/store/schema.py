@@ -98,6 +98,16 @@ MIGRATIONS: tuple[str, ...] = (
     # (JSON, fs_crm.calls.history_mapping.config_fields). No SQL comment on the line: SQLite copies
     # the column's text into the table's CREATE statement, where it would swallow the ")".
     "ALTER TABLE outbox ADD COLUMN facts TEXT",
+    # 8: the customers who got a missed-call task, by the start of the call that made it, so a
+    # restart does not make a second task within the hour.
+    """
+    CREATE TABLE missed_task_marks (
+        account TEXT NOT NULL,
+        phone TEXT NOT NULL,
+        call_at REAL NOT NULL,
+        PRIMARY KEY (account, phone)
+    ) WITHOUT ROWID
+    """,
 )
 # Until schema 5 the calls in progress were one document in `state`; it is read once and dropped.
 LEGACY_CALLS_IN_PROGRESS = "calls-in-progress"
